@@ -1,0 +1,87 @@
+"""Typed config: defaults, per-task files, flag spellings, validation errors (one line, naming the flag)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visual_dr3.errors import UserError
+from visual_dr3.learner.cli_args import dump_yaml, normalize_argv, parse_train_args
+from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_and_flag_spellings():
+    cfg = parse_train_args(["--max-steps", "7", "--batch_size=16", "--dr3-coef", "0.5", "--backup", "sarsa",
+                            "--cql.min-q-weight", "2.5", "--model.encoder", "resnet18"])
+    assert cfg.max_steps == 7 and cfg.batch_size == 16
+    assert cfg.dr3.coef == 0.5 and cfg.algo.backup == "sarsa"
+    assert cfg.cql.min_q_weight == 2.5 and cfg.model.encoder == "resnet18"
+    assert cfg.task == "lift" and cfg.dr3.features == "encoder"
+
+
+def test_normalize_argv_touches_names_not_values():
+    assert normalize_argv(["--output-dir", "runs/a-b", "--dr3-coef=0.1", "-h"]) == \
+        ["--output_dir", "runs/a-b", "--dr3.coef=0.1", "-h"]
+
+
+def test_task_config_file_then_user_config_then_flags(tmp_path):
+    user = tmp_path / "u.yaml"
+    user.write_text("task: pick_place\nmax_steps: 11\ndr3:\n  coef: 0.2\n")
+    cfg = parse_train_args(["--config", str(user), "--dr3.coef", "0.3"], configs_dir=CONFIGS)
+    assert cfg.task == "pick_place"
+    assert cfg.max_steps == 11  # user file beats configs/pick_place.yaml
+    assert cfg.dr3.coef == 0.3  # flag beats both
+
+
+def test_task_file_is_used(tmp_path):
+    (tmp_path / "lift.yaml").write_text("task: lift\nbatch_size: 3\n")
+    assert parse_train_args([], configs_dir=tmp_path).batch_size == 3
+    assert parse_train_args(["--batch-size", "5"], configs_dir=tmp_path).batch_size == 5
+
+
+def test_cog_config_sources():
+    cfg = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")], configs_dir=CONFIGS)
+    assert [(s.filter_key, s.weight) for s in cfg.data.sources] == [("prior", 0.5), ("task", 0.5)]
+    assert cfg.algo.bc_warmup_steps == 10000
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--max-steps", "x"], "max_steps"),
+    (["--bogus", "1"], "--bogus"),
+    (["--dr3.bogus", "1"], "dr3.bogus"),
+    (["--backup", "foo"], "algo.backup"),
+    (["--max-steps", "0"], "--max_steps"),
+    (["--batch-size", "-4"], "--batch_size"),
+    (["--dr3-coef", "-1"], "--dr3.coef"),
+    (["--algo.discount", "1.5"], "--algo.discount"),
+    (["--model.hidden_dims", "[]"], "--model.hidden_dims"),
+    (["--config", "/nonexistent/cfg.yaml"], "/nonexistent/cfg.yaml"),
+])
+def test_bad_values_are_one_line_errors(argv, needle):
+    with pytest.raises(UserError) as e:
+        parse_train_args(argv)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_bad_key_in_config_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("cql:\n  min_q_weigth: 3\n")
+    with pytest.raises(UserError, match="min_q_weigth"):
+        parse_train_args(["--config", str(f)])
+
+
+def test_weights_on_some_sources_rejected(tmp_path):
+    f = tmp_path / "w.yaml"
+    f.write_text("data:\n  sources:\n    - {filter_key: prior, weight: 0.5}\n    - {filter_key: task}\n")
+    with pytest.raises(UserError, match="data.sources"):
+        parse_train_args(["--config", str(f)])
+
+
+def test_round_trip_yaml_and_dict():
+    cfg = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")])
+    again = from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg
+    assert from_dict(to_dict(TrainConfig())) == TrainConfig()

@@ -1,0 +1,85 @@
+"""End to end through the real CLI: ``python train.py`` in a subprocess on a real generated dataset."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def train(args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows, name):
+    return [float(r[name]) for r in rows if r.get(name) not in (None, "")]
+
+
+def test_train_cli_leaves_a_complete_run_folder(lift_dataset, tmp_path):
+    out = tmp_path / "run"
+    r = train(["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "6", "--batch-size", "8",
+               "--output-dir", str(out), "--log-every", "2", "--checkpoint-every", "4",
+               "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions", "2"],
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "training summary" in r.stdout
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["max_steps"] == 6 and cfg["batch_size"] == 8 and cfg["dr3"]["coef"] == 0.01
+    rows = read_metrics(out / "metrics.csv")
+    for name in ("critic_loss", "cql_loss", "dr3_loss", "dr3_dot", "srank", "q_mean", "actor_loss", "alpha",
+                 "dr3_cos", "target_q", "grad_norm_critic", "pen_dr3_dot"):
+        vals = column(rows, name)
+        assert len(vals) == 3, (name, vals)  # steps 1, 3, 5: (step + 1) % log_every == 0
+    assert all(v != 0 for v in column(rows, "dr3_loss"))
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    meta = ckpt["visual_dr3"]
+    assert meta["config"]["max_steps"] == 6 and meta["config"]["task"] == "lift"
+    assert meta["image_keys"] == ["agentview_image", "robot0_eye_in_hand_image"]
+    assert meta["env_args"]["env_name"] == "Lift"
+    assert any(k.startswith("q_target.") for k in ckpt["state_dict"])
+    assert len(ckpt["optimizer_states"]) == 1
+    assert [g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]] == ["critic", "actor", "alpha"]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs, "no offline wandb run"
+
+
+def test_dr3_coef_zero_logs_zero_dr3_loss_but_still_measures_the_dot(lift_dataset, tmp_path):
+    out = tmp_path / "run0"
+    r = train(["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "3", "--batch-size", "8",
+               "--output-dir", str(out), "--log-every", "1", "--dr3-coef", "0", "--wandb", "off",
+               "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions", "2"],
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_metrics(out / "metrics.csv")
+    assert column(rows, "dr3_loss") == [0.0, 0.0, 0.0]
+    assert all(v != 0 for v in column(rows, "dr3_dot"))
+    assert not (out / "wandb").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--dataset", "/nonexistent/x.hdf5"], "/nonexistent/x.hdf5"),
+    (["--max-steps", "-1"], "--max_steps"),
+    (["--dr3.bogus", "1"], "dr3.bogus"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    r = train(args + ["--output-dir", str(tmp_path / "r")], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

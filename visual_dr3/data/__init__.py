@@ -1,0 +1,1 @@
+"""Dataset generation (``generate``, ``hdf5_writer``), loading and sampling (``replay``, ``augment``)."""

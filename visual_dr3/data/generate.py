@@ -1,0 +1,358 @@
+"""Generate a dataset with the scripted noisy policies: ``python -m visual_dr3.data.generate``.
+
+    python -m visual_dr3.data.generate --task lift --episodes 20 --kind mixed --out data/lift_mixed.hdf5
+
+Kinds:
+
+- ``expert``: position noise sigma 0.1, mostly successful.
+- ``mixed``: sigma cycles over the task's ``mixed_sigmas`` (episode i uses level i % 4), so that
+  successes and failures mix (lift: roughly half succeed).
+- ``cog``: COG's prior/task split. Even episodes are ``prior`` (reach and grasp, never complete the
+  task, rewards all 0), odd ones ``task`` (the scripted grasp runs unrecorded; recording starts at the
+  grasped state and runs to success or the horizon). sigma cycles over 0.1, 0.3, 0.6 per pair.
+  Masks ``mask/prior`` and ``mask/task``.
+
+An episode stops at success (that last step has reward 1 and done 1) or at the horizon (done 0);
+prior episodes stop when the prior behaviour is complete (done 0). A prior episode that reaches
+success anyway, or a task episode that never reaches the grasp, is re-run with the next attempt seed.
+
+Determinism: episode i's env reset seed and policy noise come from ``SeedSequence([seed, i, attempt])``
+and every worker builds its env with the same construction seed, so the datasets' contents are the
+same for any ``--workers``. Episodes run in K spawned worker processes (one env and EGL context each)
+and are written in episode order as they arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
+from visual_dr3.envs.tasks import KINDS, TASKS, TaskSpec, get_task
+from visual_dr3.errors import UserError, cli_entry
+
+EXPERT_SIGMA = 0.1
+COG_SIGMAS = (0.1, 0.3, 0.6)
+MAX_ATTEMPTS = 5
+VALID_FRACTION = 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# one episode
+# --------------------------------------------------------------------------------------------------
+def episode_plan(spec: TaskSpec, kind: str, index: int) -> tuple[str, float]:
+    """(role, sigma) of episode ``index``: role is ``full``, ``prior`` or ``task``."""
+    if kind == "expert":
+        return "full", EXPERT_SIGMA
+    if kind == "mixed":
+        return "full", float(spec.mixed_sigmas[index % len(spec.mixed_sigmas)])
+    if kind == "cog":
+        return ("prior" if index % 2 == 0 else "task"), float(COG_SIGMAS[(index // 2) % len(COG_SIGMAS)])
+    raise UserError(f"--kind: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def episode_seeds(seed: int, index: int, attempt: int = 0) -> tuple[int, int]:
+    """(env reset seed, policy noise seed) of an episode, from (dataset seed, episode index, attempt)."""
+    words = np.random.SeedSequence([int(seed), int(index), int(attempt)]).generate_state(2, dtype=np.uint64)
+    return int(words[0] >> np.uint64(1)), int(words[1] >> np.uint64(1))
+
+
+def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: int | None = None) -> dict:
+    """Run episode ``index`` in ``env`` (built by :func:`visual_dr3.envs.make.make_env`); returns its arrays."""
+    from visual_dr3.envs.make import reset_env, sim_state
+    from visual_dr3.envs.scripted import make_policy
+
+    role, sigma = episode_plan(spec, kind, index)
+    horizon = int(horizon or spec.horizon)
+    image_keys, proprio_keys = spec.image_keys, spec.proprio_keys
+    env_steps = 0
+    for attempt in range(MAX_ATTEMPTS):
+        env_seed, policy_seed = episode_seeds(seed, index, attempt)
+        obs = reset_env(env, env_seed)
+        policy = make_policy(spec, env, sigma=sigma, rng=np.random.default_rng(policy_seed),
+                             mode="task" if role == "task" else role)
+        recording = role != "task"
+        rec: dict[str, list] = {"actions": [], "rewards": [], "dones": [], "states": []}
+        rec_obs: dict[str, list] = {k: [] for k in (*image_keys, *proprio_keys)}
+        success = prior_hit_success = False
+        for _ in range(horizon):
+            if not recording and policy.grasped:
+                recording = True
+            action = policy(obs)
+            if recording:
+                for k in rec_obs:
+                    rec_obs[k].append(np.array(obs[k]))
+                rec["states"].append(sim_state(env))
+                rec["actions"].append(action)
+            obs, _, _, _ = env.step(action)
+            env_steps += 1
+            success = bool(env._check_success())
+            if role == "prior" and success:
+                prior_hit_success = True
+                break
+            if recording:
+                rec["rewards"].append(1.0 if success else 0.0)
+                rec["dones"].append(1 if success else 0)
+            if success or (role == "prior" and policy.finished):
+                break
+        n = len(rec["actions"])
+        if prior_hit_success:
+            if attempt + 1 < MAX_ATTEMPTS:
+                continue
+            # last resort: keep the steps before the success (all rewards 0)
+            n = len(rec["rewards"])
+            success = False
+            for k in rec:
+                rec[k] = rec[k][:n]
+            for k in rec_obs:
+                rec_obs[k] = rec_obs[k][:n]
+        if n == 0 and attempt + 1 < MAX_ATTEMPTS:
+            continue  # task episode that never reached the grasp (or succeeded before it)
+        break
+    if n == 0:
+        raise RuntimeError(f"episode {index}: nothing recorded after {MAX_ATTEMPTS} attempts (role {role})")
+    return {
+        "index": index,
+        "role": role,
+        "sigma": sigma,
+        "success": bool(success),
+        "seed": env_seed,
+        "attempt": attempt,
+        "env_steps": env_steps,
+        "actions": np.stack(rec["actions"]).astype(np.float32),
+        "rewards": np.asarray(rec["rewards"], dtype=np.float32),
+        "dones": np.asarray(rec["dones"], dtype=np.int64),
+        "states": np.stack(rec["states"]),
+        "obs": {
+            k: (np.stack(v).astype(np.uint8) if k in image_keys else np.stack(v).astype(np.float64))
+            for k, v in rec_obs.items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# worker processes
+# --------------------------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(task: str, image_size: int, cameras, horizon: int, seed: int, kind: str,
+                 lp_threads: int | None) -> None:
+    if lp_threads:
+        os.environ.setdefault("LP_NUM_THREADS", str(lp_threads))  # llvmpipe render threads per process
+    from visual_dr3.envs.make import make_env
+
+    spec = get_task(task)
+    env = make_env(spec, image_size=image_size, cameras=cameras, horizon=horizon, seed=seed)
+    _WORKER.update(env=env, spec=spec, kind=kind, seed=seed, horizon=horizon)
+
+
+def _worker_episode(index: int) -> dict:
+    w = _WORKER
+    return run_episode(w["env"], w["spec"], w["kind"], w["seed"], index, w["horizon"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the dataset
+# --------------------------------------------------------------------------------------------------
+def split_masks(n: int, seed: int, valid_fraction: float = VALID_FRACTION) -> tuple[list[int], list[int]]:
+    """(train, valid) demo indices: ~10% valid, at least one of each when n >= 2; fixed by ``seed``."""
+    if n < 2:
+        return list(range(n)), []
+    n_valid = min(n - 1, max(1, int(round(n * valid_fraction))))
+    valid = set(np.random.default_rng([int(seed), 7919]).permutation(n)[:n_valid].tolist())
+    return [i for i in range(n) if i not in valid], sorted(valid)
+
+
+def _check_args(task, episodes, kind, image_size, workers, seed, horizon) -> TaskSpec:
+    spec = get_task(task)
+    if kind not in KINDS:
+        raise UserError(f"--kind: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    for flag, value, low in (("--episodes", episodes, 1), ("--image-size", image_size, 8),
+                             ("--workers", workers, 1), ("--seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise UserError(f"{flag}: got {value!r}; expected an integer >= {low}")
+    if horizon is not None and (not isinstance(horizon, (int, np.integer)) or horizon < 1):
+        raise UserError(f"--horizon: got {horizon!r}; expected an integer >= 1")
+    return spec
+
+
+def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: str = "mixed",
+                     image_size: int = 84, workers: int = 1, seed: int = 0, progress: bool = True,
+                     horizon: int | None = None, cameras=None) -> dict:
+    """Generate ``episodes`` scripted episodes of ``task`` into ``out`` (robomimic layout, atomic write).
+
+    ``horizon`` overrides the task's episode limit (tests use short ones). Returns the summary dict:
+    task, kind, episodes, transitions, successes, success_rate, file_size (bytes), seconds, env_steps,
+    env_steps_per_s, path, workers, image_size, seed.
+    """
+    from tqdm import tqdm
+
+    from visual_dr3.data.hdf5_writer import DatasetWriter, check_writable
+
+    spec = _check_args(task, episodes, kind, image_size, workers, seed, horizon)
+    out_path = check_writable(out)
+    horizon = int(horizon or spec.horizon)
+    cams = tuple(spec.cameras if cameras is None else cameras)
+    if tuple(cams) != spec.cameras:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, cameras=cams)
+    workers = min(int(workers), int(episodes))
+    t0 = time.time()
+
+    from visual_dr3.envs.make import env_args_for, render_settings
+
+    env_args = env_args_for(spec, image_size, cams, horizon, seed=seed)
+    meta = {
+        "task": spec.name, "kind": kind, "image_size": int(image_size), "cameras": list(cams),
+        "proprio_keys": list(spec.proprio_keys), "seed": int(seed), "render": render_settings(),
+        "episodes": int(episodes), "horizon": horizon, "generator": "scripted",
+    }
+    init_args = (spec.name, int(image_size), cams, horizon, int(seed), kind, 1 if workers > 1 else None)
+
+    successes = transitions = env_steps = 0
+    role_counts: dict[str, list[int]] = {}
+    roles: list[str] = []
+    model_file = ""
+    bar = tqdm(total=int(episodes), unit="ep", desc=f"{spec.name}/{kind}", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    pool = None
+    try:
+        with DatasetWriter(out_path, env_args, meta) as writer:
+            if workers == 1:
+                _init_worker(*init_args[:-1], None)
+                results = (_worker_episode(i) for i in range(episodes))
+                from visual_dr3.envs.make import model_xml
+
+                model_file = model_xml(_WORKER["env"])
+            else:
+                pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
+                results = pool.imap(_worker_episode, range(episodes), chunksize=1)
+            for ep in results:
+                if not model_file:
+                    model_file = _model_file_for(spec, image_size, cams, horizon, seed)
+                writer.add_demo(
+                    ep["actions"], ep["rewards"], ep["dones"], ep["states"], ep["obs"], model_file=model_file,
+                    attrs={"success": int(ep["success"]), "sigma": ep["sigma"], "role": ep["role"],
+                           "seed": ep["seed"], "attempt": ep["attempt"]},
+                )
+                roles.append(ep["role"])
+                rc = role_counts.setdefault(ep["role"], [0, 0])
+                rc[0] += 1
+                rc[1] += int(ep["success"])
+                successes += int(ep["success"])
+                transitions += len(ep["actions"])
+                env_steps += ep["env_steps"]
+                bar.set_postfix(transitions=transitions, success=f"{successes}/{bar.n + 1}", refresh=False)
+                bar.update(1)
+            train, valid = split_masks(episodes, seed)
+            writer.set_mask("train", [f"demo_{i}" for i in train])
+            writer.set_mask("valid", [f"demo_{i}" for i in valid])
+            if kind == "cog":
+                for role in ("prior", "task"):
+                    writer.set_mask(role, [f"demo_{i}" for i, r in enumerate(roles) if r == role])
+            writer.meta["successes"] = successes
+            writer.meta["success_rate"] = successes / episodes
+            writer.meta["transitions"] = transitions
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if workers == 1:
+            _close_worker_env()
+    seconds = time.time() - t0
+    summary = {
+        "task": spec.name, "kind": kind, "episodes": int(episodes), "transitions": transitions,
+        "successes": successes, "success_rate": successes / episodes,
+        "file_size": out_path.stat().st_size, "seconds": seconds, "env_steps": env_steps,
+        "env_steps_per_s": env_steps / seconds if seconds > 0 else 0.0, "path": str(out_path),
+        "workers": workers, "image_size": int(image_size), "seed": int(seed),
+    }
+    if kind == "cog":
+        for role, (n, s) in role_counts.items():
+            summary[f"{role}_episodes"] = n
+            summary[f"{role}_success_rate"] = s / n
+    return summary
+
+
+def _model_file_for(spec, image_size, cams, horizon, seed) -> str:
+    """The MJCF of the env the workers use (built here once, without cameras, for ``model_file``)."""
+    from visual_dr3.envs.make import env_args_for, make_env_from_args, model_xml
+
+    env = make_env_from_args(env_args_for(spec, image_size, cams, horizon, seed=seed),
+                             has_offscreen_renderer=False, use_camera_obs=False)
+    try:
+        return model_xml(env)
+    finally:
+        env.close()
+
+
+def _close_worker_env() -> None:
+    env = _WORKER.pop("env", None)
+    if env is not None:
+        try:
+            env.close()
+        except Exception:
+            pass
+    _WORKER.clear()
+
+
+def format_summary(s: dict) -> str:
+    mb = s["file_size"] / 1e6
+    lines = [
+        f"task {s['task']}  kind {s['kind']}  episodes {s['episodes']}  transitions {s['transitions']}",
+        f"success rate {s['success_rate']:.1%} ({s['successes']}/{s['episodes']})",
+        f"file {s['path']}  {mb:.1f} MB",
+        f"time {s['seconds']:.1f} s  env steps {s['env_steps']}  ({s['env_steps_per_s']:.1f} steps/s, "
+        f"{s['workers']} worker{'s' if s['workers'] > 1 else ''})",
+    ]
+    if s["kind"] == "cog":
+        lines.insert(2, "  ".join(f"{r}: {s.get(f'{r}_episodes', 0)} episodes, "
+                                  f"{s.get(f'{r}_success_rate', 0.0):.1%} success" for r in ("prior", "task")))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors become one-line UserErrors (exit 2)
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m visual_dr3.data.generate",
+                description="Generate a robosuite dataset (robomimic HDF5 layout) with scripted noisy policies.")
+    p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes (demos)")
+    p.add_argument("--out", required=True, help="output .hdf5 path (written atomically)")
+    p.add_argument("--kind", default="mixed", help=f"one of: {', '.join(KINDS)} (default mixed)")
+    p.add_argument("--image-size", type=int, default=84, help="square camera images (default 84)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one env each (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--horizon", type=int, default=None, help="episode limit (default: the task's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    summary = generate_dataset(task=args.task, episodes=args.episodes, out=args.out, kind=args.kind,
+                               image_size=args.image_size, workers=args.workers, seed=args.seed,
+                               progress=not args.no_progress, horizon=args.horizon)
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Scripted, noisy grasping policies for the tasks (the data generator's behaviour policies).
+
+Each policy is a small phase machine driving a proportional position controller,
+``action[:3] = clip(GAIN * (target - eef), -1, 1)``, with no rotation (``action[3:6] = 0``) and the
+gripper at -1 (open) or +1 (closed). Gaussian noise of scale ``sigma`` is added to the three position
+dims only (rotation noise ruins grasps), then the action is clipped to [-1, 1].
+
+Modes:
+
+- ``full``: the whole task (expert and mixed data).
+- ``prior`` (COG prior data): reach, grasp, and (pick_place/stack) lift the object, hold it for a few
+  steps, then :attr:`ScriptedPolicy.finished` becomes True; the policy never moves towards the goal
+  (lift: it never raises the cube towards the success height).
+- ``task`` (COG task data): the same as ``full``; the generator runs the grasp without recording and
+  starts recording once :attr:`ScriptedPolicy.grasped` is True (gripper closed on the object).
+
+Object and end-effector positions are read from the simulator (``env.sim``), so the policies do not
+need object observations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GAIN = 10.0
+MODES = ("full", "prior", "task")
+
+
+class ScriptedPolicy:
+    """Base class: subclasses implement :meth:`_plan` (the phase machine) for one task."""
+
+    task: str = ""
+
+    def __init__(self, env, sigma: float = 0.0, rng: np.random.Generator | None = None, mode: str = "full"):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}; expected one of {MODES}")
+        self.env = env
+        self.sigma = float(sigma)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.mode = mode
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Call after every ``env.reset()``."""
+        self.phase = 0
+        self.t = 0  # steps spent in the current phase
+        self.anchor: np.ndarray | None = None  # a position remembered when a phase starts
+        self.grasped = False
+        self.finished = False
+
+    def _next(self, anchor: np.ndarray | None = None) -> None:
+        self.phase += 1
+        self.t = 0
+        if anchor is not None:
+            self.anchor = np.array(anchor, dtype=np.float64)
+
+    # -- acting --------------------------------------------------------------------------------------
+    def eef_pos(self) -> np.ndarray:
+        robot = self.env.robots[0]
+        return np.array(self.env.sim.data.site_xpos[robot.eef_site_id["right"]], dtype=np.float64)
+
+    def body_pos(self, body_id: int) -> np.ndarray:
+        return np.array(self.env.sim.data.body_xpos[body_id], dtype=np.float64)
+
+    def __call__(self, obs=None) -> np.ndarray:
+        return self.act(obs)
+
+    def act(self, obs=None) -> np.ndarray:
+        """The next action (float32 (7,)), noise included; advances the phase machine."""
+        eef = self.eef_pos()
+        target, gripper = self._plan(eef)
+        self.t += 1
+        action = np.zeros(7, dtype=np.float64)
+        action[:3] = np.clip(GAIN * (target - eef), -1.0, 1.0)
+        if self.sigma > 0:
+            action[:3] += self.sigma * self.rng.standard_normal(3)
+        action[6] = gripper
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def _plan(self, eef: np.ndarray) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+    # -- shared phases ---------------------------------------------------------------------------------
+    def _reach_and_grasp(self, eef, obj, hover=0.08, hover_tol=0.01, hover_max=60, grasp_dz=-0.005,
+                         descend_tol=0.008, descend_max=40, close_steps=10):
+        """Phases 0-2: hover over ``obj``, descend to it, close. Returns (target, gripper) or None when done."""
+        if self.phase == 0:
+            target = obj + np.array([0.0, 0.0, hover])
+            if np.linalg.norm(target - eef) < hover_tol or self.t >= hover_max:
+                self._next()
+            else:
+                return target, -1.0
+        if self.phase == 1:
+            target = obj + np.array([0.0, 0.0, grasp_dz])
+            if np.linalg.norm(target - eef) < descend_tol or self.t >= descend_max:
+                self._next(anchor=eef)
+            else:
+                return target, -1.0
+        if self.phase == 2:
+            if self.t >= close_steps:
+                self.grasped = True
+                self._next(anchor=eef)
+            else:
+                return self.anchor, 1.0
+        return None
+
+
+class LiftPolicy(ScriptedPolicy):
+    """Lift: hover 8 cm over the cube, descend to its centre, close, lift 25 cm (~50 steps).
+
+    Prior mode: grasp and hold 8 steps, never moving up once the gripper closes (the success height,
+    table + 4 cm, is only ~1 cm over the cube's resting height), then finished.
+    """
+
+    task = "lift"
+
+    def _plan(self, eef):
+        cube = self.body_pos(self.env.cube_body_id)
+        out = self._reach_and_grasp(eef, cube)
+        if out is not None:
+            return out
+        if self.mode == "prior":
+            if self.phase == 3 and self.t >= 8:
+                self.finished = True
+            return self.anchor, 1.0
+        return self.anchor + np.array([0.0, 0.0, 0.25]), 1.0
+
+    def act(self, obs=None) -> np.ndarray:
+        action = super().act(obs)
+        if self.mode == "prior" and self.phase >= 2:
+            # once closing on the cube, never move up (noise included): the cube must stay below the
+            # success height, which is only ~1 cm over its resting height
+            action[2] = min(action[2], 0.0)
+        return action
+
+
+class PickPlaceCanPolicy(ScriptedPolicy):
+    """PickPlaceCan: over the can, down, close, lift to z=1.05, carry over the target bin, lower to
+    z=0.95, open, retreat up (success needs the hand away from the can).
+
+    Prior mode: grasp and lift to z=1.05, hold 10 steps, finished (never carried towards the bin).
+    """
+
+    task = "pick_place"
+    CARRY_Z = 1.05
+    DROP_Z = 0.95
+
+    def _plan(self, eef):
+        env = self.env
+        can = self.body_pos(env.obj_body_id[env.obj_to_use])
+        out = self._reach_and_grasp(eef, can, hover=0.10, hover_max=80, grasp_dz=0.0, descend_tol=0.01,
+                                    descend_max=50, close_steps=12)
+        if out is not None:
+            return out
+        if self.phase == 3:  # lift
+            target = np.array([self.anchor[0], self.anchor[1], self.CARRY_Z])
+            if eef[2] > self.CARRY_Z - 0.02 or self.t >= 60:
+                self._next(anchor=target)
+            else:
+                return target, 1.0
+        if self.mode == "prior":
+            if self.t >= 10:
+                self.finished = True
+            return self.anchor, 1.0
+        goal = np.array(env.target_bin_placements[env.object_id], dtype=np.float64)
+        if self.phase == 4:  # carry
+            target = np.array([goal[0], goal[1], self.CARRY_Z])
+            if np.linalg.norm((target - eef)[:2]) < 0.01 or self.t >= 100:
+                self._next()
+            else:
+                return target, 1.0
+        if self.phase == 5:  # lower
+            target = np.array([goal[0], goal[1], self.DROP_Z])
+            if eef[2] < self.DROP_Z + 0.01 or self.t >= 40:
+                self._next(anchor=eef)
+            else:
+                return target, 1.0
+        if self.phase == 6:  # open
+            if self.t >= 8:
+                self._next(anchor=eef)
+            else:
+                return self.anchor, -1.0
+        return self.anchor + np.array([0.0, 0.0, 0.15]), -1.0  # retreat
+
+
+class StackPolicy(ScriptedPolicy):
+    """Stack: grasp cubeA (red, 4 cm), lift to 10 cm over cubeB, carry over cubeB, lower until cubeA's
+    bottom is ~1 cm over cubeB's top, open, retreat up (success: cubeA on cubeB, not grasped).
+
+    Prior mode: grasp cubeA and lift it, hold 10 steps, finished (never carried over cubeB).
+    """
+
+    task = "stack"
+    CLEARANCE = 0.10
+
+    def _plan(self, eef):
+        env = self.env
+        cube_a = self.body_pos(env.cubeA_body_id)
+        cube_b = self.body_pos(env.cubeB_body_id)
+        out = self._reach_and_grasp(eef, cube_a)
+        if out is not None:
+            return out
+        # eef-to-cubeA offset measured at the grasp: place cubeA, not the hand
+        carry_z = cube_b[2] + self.CLEARANCE
+        if self.phase == 3:  # lift
+            target = np.array([self.anchor[0], self.anchor[1], carry_z])
+            if eef[2] > carry_z - 0.015 or self.t >= 50:
+                self._next(anchor=target)
+            else:
+                return target, 1.0
+        if self.mode == "prior":
+            if self.t >= 10:
+                self.finished = True
+            return self.anchor, 1.0
+        hand_minus_a = eef - cube_a
+        if self.phase == 4:  # carry cubeA over cubeB
+            target = np.array([cube_b[0], cube_b[1], carry_z]) + np.array([hand_minus_a[0], hand_minus_a[1], 0.0])
+            if np.linalg.norm((target - eef)[:2]) < 0.006 or self.t >= 80:
+                self._next()
+            else:
+                return target, 1.0
+        if self.phase == 5:  # lower: cubeA's centre to cubeB top + cubeA half size + 1 cm
+            a_z = cube_b[2] + 0.025 + 0.02 + 0.01
+            target = np.array([cube_b[0], cube_b[1], a_z]) + hand_minus_a
+            if abs(cube_a[2] - a_z) < 0.005 or self.t >= 40:
+                self._next(anchor=eef)
+            else:
+                return target, 1.0
+        if self.phase == 6:  # open
+            if self.t >= 8:
+                self._next(anchor=eef)
+            else:
+                return self.anchor, -1.0
+        return self.anchor + np.array([0.0, 0.0, 0.10]), -1.0  # retreat
+
+
+POLICIES: dict[str, type[ScriptedPolicy]] = {
+    "lift": LiftPolicy,
+    "pick_place": PickPlaceCanPolicy,
+    "stack": StackPolicy,
+}
+
+
+def make_policy(task, env, sigma: float = 0.0, rng: np.random.Generator | None = None,
+                mode: str = "full") -> ScriptedPolicy:
+    """The scripted policy of ``task`` (a name or TaskSpec) acting in ``env``."""
+    from visual_dr3.envs.tasks import get_task
+
+    spec = get_task(task)
+    return POLICIES[spec.scripted_policy or spec.name](env, sigma=sigma, rng=rng, mode=mode)

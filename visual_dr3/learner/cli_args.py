@@ -1,0 +1,96 @@
+"""Command line of ``train.py``: typed config from defaults, ``configs/<task>.yaml``, ``--config`` and flags.
+
+Flags may be written with dashes or underscores (``--max-steps`` = ``--max_steps``); nested fields use dots
+(``--cql.min_q_weight 5``). Short aliases: ``--dr3-coef`` = ``--dr3.coef``, ``--backup`` = ``--algo.backup``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+from visual_dr3.errors import UserError
+from visual_dr3.learner.config import TrainConfig, validate
+
+ALIASES = {"--dr3_coef": "--dr3.coef", "--backup": "--algo.backup", "--min_q_weight": "--cql.min_q_weight"}
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """``--foo-bar=1`` -> ``--foo_bar=1`` (option names only), then apply :data:`ALIASES`."""
+    out = []
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok.partition("=")
+            name = "--" + name[2:].replace("-", "_")
+            name = ALIASES.get(name, name)
+            tok = name + eq + value
+        out.append(tok)
+    return out
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="train.py", exit_on_error=False, default_env=False,
+        description="Offline CQL + DR3 from images on a robosuite grasping task. Flags take dashes or "
+                    "underscores; nested fields use dots, e.g. --dr3.coef 0.01 --cql.min_q_weight 5.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (overrides configs/<task>.yaml).")
+    parser.add_class_arguments(TrainConfig, as_group=False)
+    return parser
+
+
+def _scan(argv: list[str], name: str) -> Optional[str]:
+    for i, tok in enumerate(argv):
+        if tok == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(name + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _task_of(argv: list[str]) -> str:
+    task = _scan(argv, "--task")
+    if task is None:
+        cfg_file = _scan(argv, "--config")
+        if cfg_file is not None and Path(cfg_file).is_file():
+            try:
+                loaded = yaml.safe_load(Path(cfg_file).read_text()) or {}
+            except yaml.YAMLError as e:
+                raise UserError(f"--config {cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+            if isinstance(loaded, dict) and isinstance(loaded.get("task"), str):
+                task = loaded["task"]
+    return task or TrainConfig.task
+
+
+def parse_train_args(argv: Sequence[str], configs_dir: Optional[Path] = None) -> TrainConfig:
+    """Parse and validate; every problem becomes a one-line :class:`UserError` naming the flag or key."""
+    argv = normalize_argv(argv)
+    prefix: list[str] = []
+    if configs_dir is not None:
+        task_file = Path(configs_dir) / f"{_task_of(argv)}.yaml"
+        if task_file.is_file():
+            prefix = ["--config", str(task_file)]
+    cfg_file = _scan(argv, "--config")
+    if cfg_file is not None and not Path(cfg_file).is_file():
+        raise UserError(f"--config {cfg_file}: file not found")
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(prefix + argv)
+        cfg = parser.instantiate(ns)
+    except SystemExit:
+        raise
+    except Exception as e:  # jsonargparse's ArgumentError (unknown key, wrong type), YAML errors
+        msg = " ".join(str(e).split())
+        raise UserError(f"invalid arguments: {msg}") from None
+    cfg_dict = {k: v for k, v in vars(cfg).items() if k != "config"}
+    return validate(TrainConfig(**cfg_dict))
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    from visual_dr3.learner.config import to_dict
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,226 @@
+"""Typed training configuration: dataclasses with a one-line doc per field, validated, saved as YAML.
+
+The tree is parsed by jsonargparse from (lowest to highest precedence) the dataclass defaults, the task's
+file ``configs/<task>.yaml``, a ``--config FILE`` and command-line flags (``--max-steps 50``,
+``--dr3.coef 0.01``, ``--cql.min_q_weight 5``). Unknown keys and ill-typed values are rejected with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from visual_dr3.errors import UserError
+
+
+@dataclass
+class SourceConfig:
+    """One source of transitions pooled into the replay (COG mixes prior and task data this way)."""
+
+    path: Optional[str] = None
+    """HDF5 file in robomimic's layout; None means the run's main ``dataset``."""
+    filter_key: Optional[str] = None
+    """Demos listed in ``mask/<filter_key>`` only (e.g. ``prior``, ``task``, ``train``); None takes all demos."""
+    weight: Optional[float] = None
+    """Share of each batch drawn from this source; None for every source means in proportion to size."""
+
+
+@dataclass
+class DataConfig:
+    """What the learner reads and how batches are formed."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    """Sources pooled into one resident replay, each with an optional filter key and batch share."""
+    augment_pad: int = 4
+    """DrQ random shift: pad by this many pixels then crop back, a shift per sample; 0 turns it off."""
+    device: Literal["auto", "cpu"] = "auto"
+    """Where the resident dataset lives: ``auto`` puts it on the training device (GPU when it fits)."""
+
+
+@dataclass
+class ModelConfig:
+    """Networks: image encoder, twin Q heads, tanh-Gaussian actor."""
+
+    encoder: Literal["drq", "resnet18"] = "drq"
+    """Image encoder: ``drq`` (small conv stack, fast on CPU) or ``resnet18`` (GroupNorm + spatial softmax)."""
+    feature_dim: int = 256
+    """Size of the encoder output phi(s) (Linear -> LayerNorm -> tanh bottleneck over cameras + proprio)."""
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden layer sizes of each Q head and of the actor MLP; the last is the Q heads' penultimate layer."""
+    actor_encoder: Literal["shared", "separate"] = "shared"
+    """``shared``: the actor reads the critic encoder's features with gradients stopped (DrQ-v2); ``separate``: its own encoder."""
+
+
+@dataclass
+class CQLConfig:
+    """Conservative Q-learning: CQL(H) with importance-sampled logsumexp, SAC actor."""
+
+    min_q_weight: float = 1.0
+    """Weight of the CQL(H) penalty (alpha in the CQL paper); 0 gives plain SAC-style TD on the offline data."""
+    num_actions: int = 10
+    """Sampled actions N for each of uniform, pi(.|s) and pi(.|s') in the logsumexp."""
+    temperature: float = 1.0
+    """Temperature of the logsumexp."""
+    lagrange: bool = False
+    """Tune the CQL weight with a Lagrange multiplier that keeps the gap near ``target_gap``."""
+    target_gap: float = 5.0
+    """Target of logsumexp(Q) - Q(data) for the Lagrange version (robomimic uses 5.0)."""
+    max_q_backup: bool = False
+    """Back up the max over ``num_actions`` policy samples at s' (CQL's max-backup) instead of one sample."""
+
+
+@dataclass
+class DR3Config:
+    """The DR3 regularizer c0 * mean phi(s,a)·phi(s',a') (Kumar et al. 2021)."""
+
+    coef: float = 0.01
+    """c0; 0 turns DR3 off exactly. 0.01 suits the tanh-bounded 256-d encoder bottleneck (dot ~ 10-100)."""
+    features: Literal["encoder", "penultimate", "both"] = "encoder"
+    """phi: the encoder output (as in the COG/image code), the Q heads' penultimate layer (dopamine), or both."""
+    next_action: Literal["backup", "policy", "data"] = "backup"
+    """a' for penultimate features: the backup's a' (policy sample for td, dataset a' for sarsa), a policy sample, or the dataset's."""
+    detach_next: bool = False
+    """Stop the gradient through phi(s',a') (COG code) instead of through both sides (the paper, dopamine)."""
+    mask_done: bool = True
+    """Drop terminal transitions from the mean: no backup couples s and s' there, so no implicit term to cancel."""
+    absolute: bool = False
+    """Penalise |phi·phi'| (dopamine) instead of the signed dot product (the paper)."""
+
+
+@dataclass
+class AlgoConfig:
+    """SAC/TD settings shared by the critic and actor updates."""
+
+    backup: Literal["td", "sarsa"] = "td"
+    """Critic target a': ``td`` samples a' ~ pi(.|s'); ``sarsa`` takes the dataset's next action (DR3's probe)."""
+    discount: float = 0.99
+    """Discount gamma of the TD target."""
+    tau: float = 0.005
+    """Polyak rate of the target Q heads."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic encoder and Q heads."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor (COG: 1e-4)."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the entropy temperature."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature alpha."""
+    auto_alpha: bool = True
+    """Tune alpha to reach ``target_entropy`` (SAC); off keeps alpha at ``init_alpha``."""
+    target_entropy: Optional[float] = None
+    """Entropy target; None means -action_dim."""
+    entropy_backup: bool = False
+    """Subtract alpha * log pi(a'|s') in the TD target; COG and CQL-for-images use the deterministic backup."""
+    bc_warmup_steps: int = 0
+    """COG: behaviour-clone the actor (maximise log pi(a_data|s)) for the first K steps."""
+    grad_clip: float = 0.0
+    """Clip each optimizer's gradient norm to this value; 0 turns clipping off."""
+
+
+@dataclass
+class TrainConfig:
+    """One offline training run: data, networks, losses, schedule, logging."""
+
+    task: str = "lift"
+    """Task name from the registry (lift, pick_place, stack)."""
+    dataset: Optional[str] = None
+    """HDF5 dataset; None means the task's default file under data/ (generated first if missing)."""
+    output_dir: Optional[str] = None
+    """Run folder (config.yaml, metrics.csv, checkpoints/, wandb/); None means runs/<task>."""
+    seed: int = 0
+    """Seed of weights, sampling, augmentation and policy noise (each DDP rank offsets its sampling seed)."""
+    max_steps: int = 100_000
+    """Gradient steps to train."""
+    batch_size: int = 256
+    """Transitions per step, per device."""
+    devices: int = 1
+    """Number of devices (processes) for Lightning."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    """Lightning accelerator."""
+    num_nodes: int = 1
+    """Number of nodes for multi-node DDP."""
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    """Numerical precision; bf16-mixed autocasts the networks on GPU."""
+    compile: bool = False
+    """Wrap the networks with torch.compile."""
+    log_every: int = 100
+    """Steps between diagnostics (srank, feature dot, norms, Q); one host sync each time, none in between."""
+    checkpoint_every: int = 5000
+    """Steps between saves of checkpoints/last.ckpt (also saved at the end)."""
+    eval_every: int = 0
+    """Steps between evaluation rollouts during training; 0 turns evaluation off."""
+    eval_episodes: int = 20
+    """Rollouts per evaluation."""
+    resume: Optional[str] = None
+    """Checkpoint to resume from, or ``auto`` for <output_dir>/checkpoints/last.ckpt when present."""
+    wandb: Literal["offline", "online", "off"] = "offline"
+    """Weights & Biases logging mode (offline by default: a run folder under <output_dir>/wandb)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files."""
+    progress: bool = True
+    """Show a progress bar."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset sources and augmentation."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Networks."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """SAC/TD settings."""
+    cql: CQLConfig = field(default_factory=CQLConfig)
+    """CQL penalty."""
+    dr3: DR3Config = field(default_factory=DR3Config)
+    """DR3 regularizer."""
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check ranges and combinations; raise a one-line :class:`UserError` naming the flag."""
+
+    def need(ok: bool, flag: str, expected: str, value) -> None:
+        if not ok:
+            raise UserError(f"--{flag}: got {value!r}; expected {expected}")
+
+    pos_int = [("max_steps", cfg.max_steps), ("batch_size", cfg.batch_size), ("devices", cfg.devices),
+               ("num_nodes", cfg.num_nodes), ("log_every", cfg.log_every),
+               ("checkpoint_every", cfg.checkpoint_every), ("eval_episodes", cfg.eval_episodes),
+               ("model.feature_dim", cfg.model.feature_dim), ("cql.num_actions", cfg.cql.num_actions)]
+    for flag, v in pos_int:
+        need(isinstance(v, int) and v > 0, flag, "a positive integer", v)
+    for flag, v in [("eval_every", cfg.eval_every), ("data.augment_pad", cfg.data.augment_pad),
+                    ("algo.bc_warmup_steps", cfg.algo.bc_warmup_steps)]:
+        need(v >= 0, flag, "an integer >= 0", v)
+    need(len(cfg.model.hidden_dims) > 0 and all(h > 0 for h in cfg.model.hidden_dims),
+         "model.hidden_dims", "a non-empty list of positive integers", cfg.model.hidden_dims)
+    need(0.0 <= cfg.algo.discount < 1.0, "algo.discount", "a number in [0, 1)", cfg.algo.discount)
+    need(0.0 < cfg.algo.tau <= 1.0, "algo.tau", "a number in (0, 1]", cfg.algo.tau)
+    for flag, v in [("algo.critic_lr", cfg.algo.critic_lr), ("algo.actor_lr", cfg.algo.actor_lr),
+                    ("algo.alpha_lr", cfg.algo.alpha_lr), ("algo.init_alpha", cfg.algo.init_alpha),
+                    ("cql.temperature", cfg.cql.temperature)]:
+        need(math.isfinite(v) and v > 0, flag, "a positive number", v)
+    for flag, v in [("dr3.coef", cfg.dr3.coef), ("cql.min_q_weight", cfg.cql.min_q_weight),
+                    ("algo.grad_clip", cfg.algo.grad_clip)]:
+        need(math.isfinite(v) and v >= 0, flag, "a number >= 0", v)
+    need(len(cfg.data.sources) > 0, "data.sources", "at least one source", cfg.data.sources)
+    weights = [s.weight for s in cfg.data.sources]
+    if any(w is not None for w in weights):
+        need(all(w is not None and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0,
+             "data.sources", "a weight >= 0 on every source (or on none), not all zero", weights)
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """Plain nested dict of the config (for YAML and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from :func:`to_dict` output (e.g. read from a checkpoint)."""
+    d = dict(d)
+    nested = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig, "cql": CQLConfig, "dr3": DR3Config}
+    for key, cls in nested.items():
+        if key in d and isinstance(d[key], dict):
+            sub = dict(d[key])
+            if key == "data" and "sources" in sub:
+                sub["sources"] = [SourceConfig(**s) if isinstance(s, dict) else s for s in sub["sources"]]
+            d[key] = cls(**sub)
+    return TrainConfig(**d)

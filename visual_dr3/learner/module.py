@@ -1,0 +1,173 @@
+"""The LightningModule: owns the networks and optimizers, runs :func:`compute_update`, logs diagnostics.
+
+Manual optimization with one backward per step (see update.py), then every optimizer steps and the target
+Q heads move by Polyak averaging. Diagnostics (srank, feature dot/cosine/norms, gradient norms, samples/s)
+are computed only every ``log_every`` steps: in between, nothing leaves the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from visual_dr3.data.replay import Batch
+from visual_dr3.learner import diagnostics as D
+from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
+from visual_dr3.learner.networks import QHeads, TanhGaussianActor, make_encoder, polyak_update
+from visual_dr3.learner.update import Nets, compute_update
+
+
+def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """Total L2 norm of the gradients present (a 0-d tensor; no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class DR3CQL(L.LightningModule):
+    """Twin-Q CQL critic + SAC actor on an image encoder, with the DR3 regularizer."""
+
+    def __init__(self, config: dict, image_keys: list[str], proprio_keys: list[str], proprio_dim: int,
+                 image_size: int, action_dim: int, env_args: Optional[dict] = None,
+                 dataset_meta: Optional[dict] = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: TrainConfig = from_dict(config)
+        self.automatic_optimization = False
+        m = self.cfg.model
+        enc_kw = dict(image_keys=list(image_keys), image_size=image_size, proprio_dim=proprio_dim,
+                      feature_dim=m.feature_dim)
+        self.encoder = make_encoder(m.encoder, **enc_kw)
+        self.actor_encoder = make_encoder(m.encoder, **enc_kw) if m.actor_encoder == "separate" else None
+        self.q = QHeads(m.feature_dim, action_dim, hidden=tuple(m.hidden_dims))
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.actor = TanhGaussianActor(m.feature_dim, action_dim, hidden=tuple(m.hidden_dims))
+        # A fixed alpha takes no gradient (DDP insists every trainable parameter gets one each step).
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.algo.init_alpha)),
+                                      requires_grad=self.cfg.algo.auto_alpha)
+        self.log_alpha_prime = nn.Parameter(torch.zeros(())) if self.cfg.cql.lagrange else None
+        self.update_generator: Optional[torch.Generator] = None
+        self._pending_generator_state: Optional[torch.Tensor] = None
+        self._last_log_time: Optional[float] = None
+        self._last_log_step = 0
+
+    # -- wiring ---------------------------------------------------------------------------------------
+    def nets(self) -> Nets:
+        return Nets(self.encoder, self.q, self.q_target, self.actor, self.actor_encoder,
+                    self.log_alpha, self.log_alpha_prime)
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters()) + list(self.q.parameters())
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        enc = [] if self.actor_encoder is None else list(self.actor_encoder.parameters())
+        return enc + list(self.actor.parameters())
+
+    def configure_optimizers(self):
+        # One Adam with a parameter group per learner (critic, actor, alpha, Lagrange multiplier). Adam is
+        # per-parameter, so this equals separate optimizers, while Lightning counts one optimizer step per
+        # training step (it counts every optimizer's step in global_step / max_steps).
+        a = self.cfg.algo
+        groups = [{"params": self.critic_parameters(), "lr": a.critic_lr, "name": "critic"},
+                  {"params": self.actor_parameters(), "lr": a.actor_lr, "name": "actor"},
+                  {"params": [self.log_alpha], "lr": a.alpha_lr, "name": "alpha"}]
+        if self.log_alpha_prime is not None:
+            groups.append({"params": [self.log_alpha_prime], "lr": a.critic_lr, "name": "alpha_prime"})
+        return torch.optim.Adam(groups)
+
+    def make_update_generator(self) -> torch.Generator:
+        """Generator of the update's own noise (uniform and policy actions), seeded per rank, on the device."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.cfg.seed * 7919 + 1000 * rank + 17)
+        if self._pending_generator_state is not None:
+            gen.set_state(self._pending_generator_state)
+            self._pending_generator_state = None
+        return gen
+
+    def on_fit_start(self) -> None:
+        # After the model is on its device and after a checkpoint (if any) was restored.
+        self.update_generator = self.make_update_generator()
+
+    # -- training -------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int):
+        step = self.global_step
+        opt = self.optimizers()
+        if self.update_generator is None:
+            self.update_generator = self.make_update_generator()
+        out = compute_update(self.nets(), batch, self.cfg, step, generator=self.update_generator)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(out.total)
+        # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
+        log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
+        if log_now:
+            grad_metrics = {"grad_norm_critic": grad_norm(self.critic_parameters()),
+                            "grad_norm_actor": grad_norm(self.actor_parameters())}
+        clip = self.cfg.algo.grad_clip
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.critic_parameters(), clip, foreach=True)
+            torch.nn.utils.clip_grad_norm_(self.actor_parameters(), clip, foreach=True)
+        opt.step()
+        polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
+        if log_now:
+            self._log_diagnostics(out, batch, grad_metrics, step)
+        return None
+
+    def _log_diagnostics(self, out, batch: Batch, grad_metrics: dict, step: int) -> None:
+        metrics = dict(out.metrics)
+        # Encoder features phi(s)·phi(s') (the DR3 diagnostic, logged whether DR3 is on or off) ...
+        metrics.update(D.feature_stats(out.phi, out.phi_next))
+        metrics["srank"] = D.srank(out.phi)
+        # ... and the Q heads' penultimate layer phi(s,a)·phi(s',a') with the a' of the backup.
+        with torch.no_grad():
+            pen = self.q(out.phi, batch.action, return_penultimate=True)[2]
+            pen_next = self.q(out.phi_next, out.a_prime, return_penultimate=True)[2]
+        metrics.update({f"pen_{k}": v for k, v in D.feature_stats(pen, pen_next).items()})
+        metrics["srank_penultimate"] = D.srank(pen[0])
+        metrics.update(grad_metrics)
+        now = time.perf_counter()
+        if self._last_log_time is not None and step > self._last_log_step:
+            world = self.trainer.world_size if self._trainer is not None else 1
+            n = (step - self._last_log_step) * batch.action.shape[0] * world
+            metrics["samples_per_s"] = torch.tensor(n / (now - self._last_log_time))
+            metrics["steps_per_s"] = torch.tensor((step - self._last_log_step) / (now - self._last_log_time))
+        self._last_log_time, self._last_log_step = now, step
+        metrics = {k: v.float() for k, v in metrics.items()}
+        # sync_dist averages over DDP ranks; this happens once every log_every steps only.
+        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1,
+                      prog_bar=False)
+
+    # -- acting ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
+            generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Actions in [-1, 1] for a batch of observations (uint8 images (B,3,H,W), 'proprio' (B,P))."""
+        enc = self.actor_encoder if self.actor_encoder is not None else self.encoder
+        phi = enc(obs)
+        if deterministic:
+            return self.actor.mode(phi)
+        return self.actor.sample(phi, generator=generator)[0]
+
+    # -- checkpoint contents --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["visual_dr3"] = {
+            "config": to_dict(self.cfg),
+            "image_keys": list(self.hparams.image_keys),
+            "proprio_keys": list(self.hparams.proprio_keys),
+            "image_size": self.hparams.image_size,
+            "action_dim": self.hparams.action_dim,
+            "env_args": self.hparams.env_args,
+            "dataset_meta": self.hparams.dataset_meta,
+        }
+        if self.update_generator is not None:
+            checkpoint["visual_dr3"]["update_generator"] = self.update_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_generator_state = checkpoint.get("visual_dr3", {}).get("update_generator")

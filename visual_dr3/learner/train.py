@@ -1,0 +1,214 @@
+"""``python train.py --task pick_place``: make the dataset if missing, then train CQL + DR3 with Lightning."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from visual_dr3.errors import UserError, cli_entry
+from visual_dr3.learner.cli_args import dump_yaml, parse_train_args
+from visual_dr3.learner.config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Lightning/torch messages that do not apply to this setup (a resident on-device replay needs no workers;
+# checkpoints are taken after the step on purpose; the run folder is ours).
+QUIET_WARNINGS = (".*does not have many workers.*", ".*IterableDataset.*", ".*pre-optimization state.*",
+                  ".*exists and is not empty.*", ".*LeafSpec.*", ".*weights_only.*", ".*anonymous setting.*")
+CONFIGS_DIR = REPO_ROOT / "configs"
+
+
+def _rank() -> int:
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[str]) -> dict:
+    """Shapes and metadata of a dataset without loading it (full validation happens in load_replay)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise UserError(f"{path}: no 'data' group; expected a robomimic-layout HDF5 file")
+            data = f["data"]
+            demos = sorted(k for k in data.keys() if k.startswith("demo_"))
+            if not demos:
+                raise UserError(f"{path}: 'data' holds no demo_* groups")
+            obs = data[demos[0]].get("obs")
+            if obs is None:
+                raise UserError(f"{path}: data/{demos[0]} has no 'obs' group")
+            for k in list(image_keys) + list(proprio_keys):
+                if k not in obs:
+                    raise UserError(f"{path}: obs key '{k}' missing in data/{demos[0]}/obs "
+                                    f"(have: {', '.join(sorted(obs.keys()))})")
+            image_size = int(obs[image_keys[0]].shape[1])
+            proprio_dim = int(sum(int(obs[k].shape[1]) if obs[k].ndim > 1 else 1 for k in proprio_keys))
+            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
+            meta = json.loads(data.attrs["visual_dr3"]) if "visual_dr3" in data.attrs else {}
+            action_dim = int(data[demos[0]]["actions"].shape[1])
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
+    return dict(image_size=image_size, proprio_dim=proprio_dim, env_args=env_args, meta=meta,
+                action_dim=action_dim)
+
+
+def resolve_dataset(cfg: TrainConfig, task) -> Path:
+    """The run's main dataset; the task default is generated when missing (rank 0; others wait)."""
+    if cfg.dataset is not None:
+        path = Path(cfg.dataset)
+        if not path.is_file():
+            raise UserError(f"--dataset {path}: file not found")
+        return path
+    from visual_dr3.envs.tasks import default_dataset_path
+
+    path = REPO_ROOT / default_dataset_path(task.name)
+    if path.is_file():
+        return path
+    if _rank() != 0:
+        deadline = time.time() + 6 * 3600
+        while not path.is_file():
+            if time.time() > deadline:
+                raise UserError(f"{path}: waited for rank 0 to generate the dataset; it never appeared")
+            time.sleep(5)
+        return path
+    from visual_dr3.data.generate import generate_dataset
+
+    print(f"[visual-dr3] {path} is missing: generating the default '{task.name}' dataset "
+          f"({task.default_episodes} episodes, kind {task.default_kind}) first.", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generate_dataset(task=task.name, episodes=task.default_episodes, out=str(path), kind=task.default_kind,
+                     seed=cfg.seed, workers=max(1, (os.cpu_count() or 1)))
+    return path
+
+
+def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = ()):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    from visual_dr3.learner.callbacks import FinalCheckpoint, StepProgress
+
+    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
+    if cfg.wandb != "off":
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(WandbLogger(project="visual-dr3", save_dir=str(out), offline=cfg.wandb == "offline",
+                                   name=out.name, config=None))
+    if cfg.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""))
+    ckpt_dir = out / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:07d}", auto_insert_metric_name=False,
+                        every_n_train_steps=cfg.checkpoint_every, save_top_k=0, save_last=True,
+                        enable_version_counter=False),
+        FinalCheckpoint(ckpt_dir / "last.ckpt"),
+        StepProgress(enabled=cfg.progress),
+        *extra_callbacks,
+    ]
+    strategy = "auto" if cfg.devices * cfg.num_nodes == 1 else "ddp"
+    return L.Trainer(
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy,
+        precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1, logger=loggers, callbacks=callbacks,
+        # The module logs at steps s with (s + 1) % log_every == 0 (and the last), when Lightning writes rows.
+        log_every_n_steps=cfg.log_every, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, deterministic=False, default_root_dir=str(out),
+        use_distributed_sampler=False, benchmark=True)
+
+
+def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=None) -> dict:
+    """Train one run; returns the summary dict (also printed by :func:`main`)."""
+    import logging
+
+    import lightning as L
+    import torch
+
+    from visual_dr3.envs.tasks import get_task
+
+    # Lightning's info lines (device listing, tips) give way to our own progress bar and summary.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    from visual_dr3.learner.datamodule import ReplayDataModule
+    from visual_dr3.learner.module import DR3CQL
+    from visual_dr3.learner.config import to_dict
+
+    task = get_task(cfg.task)
+    dataset = resolve_dataset(cfg, task)
+    out = Path(cfg.output_dir or f"runs/{task.name}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--output-dir {out}: not writable ({e.strerror})") from None
+    resume = cfg.resume
+    if resume == "auto":
+        last = out / "checkpoints" / "last.ckpt"
+        resume = str(last) if last.is_file() else None
+    elif resume is not None and not Path(resume).is_file():
+        raise UserError(f"--resume {resume}: checkpoint not found")
+
+    image_keys = list(task.image_keys)
+    proprio_keys = list(task.proprio_keys)
+    info = peek_dataset(dataset, image_keys, proprio_keys)
+    if info["action_dim"] != task.action_dim:
+        raise UserError(f"{dataset}: actions have dimension {info['action_dim']}; task '{task.name}' "
+                        f"expects {task.action_dim}")
+    if info["meta"].get("task") not in (None, task.name):
+        raise UserError(f"{dataset}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
+
+    if _rank() == 0:
+        tmp = out / "config.yaml.tmp"
+        tmp.write_text(dump_yaml(cfg))
+        os.replace(tmp, out / "config.yaml")
+
+    torch.set_float32_matmul_precision("high")
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.devices)))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = DR3CQL(to_dict(cfg), image_keys=image_keys, proprio_keys=proprio_keys,
+                    proprio_dim=info["proprio_dim"], image_size=info["image_size"], action_dim=task.action_dim,
+                    env_args=info["env_args"], dataset_meta=info["meta"])
+    if cfg.compile:
+        module.encoder = torch.compile(module.encoder)
+    make_dm = datamodule_factory or ReplayDataModule
+    dm = make_dm(cfg, str(dataset), image_keys, proprio_keys, task.action_dim, info["image_size"])
+    trainer = build_trainer(cfg, out, extra_callbacks)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        for msg in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=msg)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    seconds = time.perf_counter() - t0
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    summary = {
+        "task": task.name, "dataset": str(dataset), "output_dir": str(out), "steps": trainer.global_step,
+        "seconds": round(seconds, 1), "steps_per_s": round(trainer.global_step / max(seconds, 1e-9), 2),
+        "transitions": getattr(getattr(dm, "replay", None), "num_transitions", None),
+        "last_checkpoint": str(out / "checkpoints" / "last.ckpt"),
+        "metrics": {k: m[k] for k in ("critic_loss", "cql_loss", "dr3_loss", "dr3_dot", "dr3_cos", "srank",
+                                      "q_mean", "actor_loss", "alpha") if k in m},
+    }
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    print("\n== visual-dr3 training summary ==")
+    for k in ("task", "dataset", "transitions", "steps", "seconds", "steps_per_s", "output_dir", "last_checkpoint"):
+        print(f"  {k:16s} {s[k]}")
+    for k, v in s["metrics"].items():
+        print(f"  {k:16s} {v:.4g}")
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    cfg = parse_train_args(sys.argv[1:] if argv is None else argv, configs_dir=CONFIGS_DIR)
+    summary = run(cfg)
+    if _rank() == 0 and summary is not None:
+        print_summary(summary)
+    return summary

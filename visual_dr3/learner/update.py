@@ -1,0 +1,171 @@
+"""One CQL + DR3 + SAC update as a function of networks and a batch (no Lightning in here).
+
+The encoder runs once on the stacked [s; s'] batch. Everything is summed into one scalar so that a
+single backward (one DDP gradient all-reduce) serves the critic, actor, entropy and Lagrange optimizers;
+the pieces are kept apart by stopping gradients:
+- critic loss  = TD + CQL(H) + c0 * DR3  -> critic encoder and Q heads;
+- actor loss   = SAC (or BC warm-up)      -> actor (and its own encoder if separate); the Q heads are
+  evaluated with detached parameters on detached features, so no actor gradient reaches the critic;
+- alpha loss   -> log_alpha; Lagrange loss -> log_alpha_prime (the gap is detached).
+As in CQL's reference code, all losses are computed from the same parameters, then all optimizers step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from visual_dr3.data.replay import Batch
+from visual_dr3.learner import losses as L
+from visual_dr3.learner.config import TrainConfig
+
+
+@dataclass
+class Nets:
+    """The modules one update reads (owned by the LightningModule)."""
+
+    encoder: nn.Module
+    q: nn.Module
+    q_target: nn.Module
+    actor: nn.Module
+    actor_encoder: Optional[nn.Module]
+    log_alpha: Tensor
+    log_alpha_prime: Optional[Tensor]
+
+
+@dataclass
+class UpdateOut:
+    """Total loss to backpropagate and detached tensors for logging (no host sync here)."""
+
+    total: Tensor
+    parts: dict[str, Tensor]
+    metrics: dict[str, Tensor]
+    phi: Tensor
+    phi_next: Tensor
+    a_prime: Tensor
+
+
+def _stack(batch: Batch) -> dict[str, Tensor]:
+    return {k: torch.cat([batch.obs[k], batch.next_obs[k]]) for k in batch.obs}
+
+
+def _frozen_q(q: nn.Module, phi: Tensor, action: Tensor):
+    """Q heads evaluated with parameters detached: gradients reach the action (actor), not the critic."""
+    params = {k: v.detach() for k, v in q.named_parameters()}
+    return functional_call(q, params, (phi, action))
+
+
+def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
+                   generator: Optional[torch.Generator] = None) -> UpdateOut:
+    """All losses of one step. ``step`` is the global step (a Python int: BC warm-up switch)."""
+    algo, cql, dr3 = cfg.algo, cfg.cql, cfg.dr3
+    B, A = batch.action.shape
+    obs_all = _stack(batch)
+
+    phi_all = nets.encoder(obs_all)
+    phi, phi_next = phi_all[:B], phi_all[B:]
+    actor_phi_all = phi_all.detach() if nets.actor_encoder is None else nets.actor_encoder(obs_all)
+    actor_phi, actor_phi_next = actor_phi_all[:B], actor_phi_all[B:]
+    alpha = nets.log_alpha.exp().detach()
+    done = batch.done
+
+    # --- TD target -------------------------------------------------------------------------------
+    with torch.no_grad():
+        a_pi_next, logp_pi_next = nets.actor.sample(actor_phi_next.detach(), generator=generator)
+        if algo.backup == "sarsa":
+            a_next, next_logp = batch.next_action, None
+        else:
+            a_next, next_logp = a_pi_next, logp_pi_next
+        if cql.max_q_backup and algo.backup == "td":
+            a_n, _ = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=cql.num_actions)
+            tq1, tq2 = nets.q_target(phi_next.detach(), a_n)
+            target = L.td_target(tq1, tq2, batch.reward, done, algo.discount, max_q_backup=True)
+        else:
+            tq1, tq2 = nets.q_target(phi_next.detach(), a_next)
+            use_ent = algo.entropy_backup and next_logp is not None
+            target = L.td_target(tq1, tq2, batch.reward, done, algo.discount,
+                                 next_log_prob=next_logp if use_ent else None,
+                                 alpha=alpha if use_ent else None)
+
+    want_pen = dr3.coef > 0 and dr3.features in ("penultimate", "both")
+    q_out = nets.q(phi, batch.action, return_penultimate=want_pen)
+    q1, q2 = q_out[0], q_out[1]
+    td_loss = L.critic_td_loss(q1, q2, target)
+
+    # --- CQL(H) --------------------------------------------------------------------------------------
+    zero = phi.new_zeros(())
+    cql_loss, gap, alpha_prime, lagrange_loss = zero, zero, zero, zero
+    if cql.min_q_weight > 0 or cql.lagrange:
+        N = cql.num_actions
+        with torch.no_grad():
+            a_rand = torch.rand((B, N, A), device=phi.device, generator=generator) * 2 - 1
+            a_pi_n, logp_pi_n = nets.actor.sample(actor_phi.detach(), generator=generator, num_samples=N)
+            a_next_n, logp_next_n = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=N)
+        q1_r, q2_r = nets.q(phi, a_rand)
+        q1_p, q2_p = nets.q(phi, a_pi_n)
+        q1_n, q2_n = nets.q(phi, a_next_n)
+        kw = dict(temperature=cql.temperature, min_q_weight=cql.min_q_weight)
+        pen1, gap1 = L.cql_penalty(q1, q1_r, q1_p, logp_pi_n, q1_n, logp_next_n, A, **kw)
+        pen2, gap2 = L.cql_penalty(q2, q2_r, q2_p, logp_pi_n, q2_n, logp_next_n, A, **kw)
+        gap = 0.5 * (gap1.mean() + gap2.mean())
+        if cql.lagrange:
+            alpha_prime, lagrange_loss = L.cql_lagrange_loss(
+                nets.log_alpha_prime, torch.stack([gap1, gap2]), cql.target_gap, cql.min_q_weight)
+            cql_loss = alpha_prime * (pen1 + pen2 - 2 * cql.target_gap)
+        else:
+            cql_loss = pen1 + pen2
+
+    # --- DR3 ----------------------------------------------------------------------------------------
+    choice = dr3.next_action
+    if choice == "backup":
+        choice = "data" if algo.backup == "sarsa" else "policy"
+    a_prime = batch.next_action if choice == "data" else a_pi_next.detach()
+    dr3_term = zero
+    if dr3.coef > 0:
+        parts = []
+        kw = dict(mask_done=dr3.mask_done, absolute=dr3.absolute, detach_next=dr3.detach_next)
+        if dr3.features in ("encoder", "both"):
+            parts.append(L.dr3_loss(phi, phi_next, done, **kw)[0])
+        if want_pen:
+            pen_cur = q_out[2]  # (2, B, H): both heads' penultimate activations
+            pen_next = nets.q(phi_next, a_prime, return_penultimate=True)[2]
+            parts.append(L.dr3_loss(pen_cur, pen_next, done.expand(2, B), **kw)[0])
+        dr3_term = torch.stack(parts).sum()
+    critic_loss = td_loss + cql_loss + dr3.coef * dr3_term
+
+    # --- actor and temperature -----------------------------------------------------------------------
+    a_pi, logp_pi = nets.actor.sample(actor_phi, generator=generator)
+    if step < algo.bc_warmup_steps:
+        actor_loss = L.bc_actor_loss(nets.actor.log_prob(actor_phi, batch.action), logp_pi, alpha)
+    else:
+        qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
+        actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
+    if algo.auto_alpha:
+        target_entropy = -float(A) if algo.target_entropy is None else algo.target_entropy
+        alpha_loss = L.alpha_loss(nets.log_alpha, logp_pi.detach(), target_entropy)
+    else:
+        alpha_loss = zero
+
+    total = critic_loss + actor_loss + alpha_loss + lagrange_loss
+    metrics = {
+        "critic_loss": critic_loss.detach(),
+        "td_loss": td_loss.detach(),
+        "cql_loss": cql_loss.detach(),
+        "cql_gap": gap.detach(),
+        "dr3_loss": (dr3.coef * dr3_term).detach(),
+        "q_mean": (0.5 * (q1 + q2)).mean().detach(),
+        "target_q": target.mean().detach(),
+        "actor_loss": actor_loss.detach(),
+        "alpha": alpha,
+        "alpha_loss": alpha_loss.detach(),
+        "entropy": (-logp_pi).mean().detach(),
+    }
+    if cql.lagrange:
+        metrics["alpha_prime"] = alpha_prime.detach()
+    parts = {"critic": critic_loss, "actor": actor_loss, "alpha": alpha_loss, "lagrange": lagrange_loss}
+    return UpdateOut(total=total, parts=parts, metrics=metrics, phi=phi.detach(), phi_next=phi_next.detach(),
+                     a_prime=a_prime.detach())
