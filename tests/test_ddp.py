@@ -60,3 +60,26 @@ def test_two_ranks_half_batch_equal_one_rank_full_batch(lift_dataset, tmp_path):
     for k in critic:
         torch.testing.assert_close(g2[k], g2b[k], rtol=0, atol=0)  # all-reduced: identical on both ranks
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_two_process_ddp_training_with_evaluation_through_train_py(lift_dataset, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--task", "lift", "--dataset", str(lift_dataset),
+                        "--devices", "2", "--accelerator", "cpu", "--max-steps", "4", "--batch-size", "8",
+                        "--log-every", "2", "--eval-every", "2", "--eval-episodes", "2", "--eval-workers", "1",
+                        "--eval-horizon", "8", "--eval-videos", "1", "--output-dir", str(out), *SMALL],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    import json
+
+    evals = sorted((out / "eval").glob("step_*.json"))
+    assert [p.name for p in evals] == ["step_0000002.json", "step_0000004.json"]
+    rep = json.loads(evals[-1].read_text())
+    assert rep["summary"]["episodes"] == 2 and len(rep["records"]) == 2
+    assert sorted(rec["episode"] for rec in rep["records"]) == [0, 1]
+    assert all(rec["length"] <= 8 for rec in rep["records"])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert list((out / "eval" / "videos").rglob("*.mp4"))
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "eval/success_rate" in header

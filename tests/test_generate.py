@@ -270,25 +270,27 @@ def test_robomimic_sequence_dataset_round_trip(mixed_file):
     env_meta = FileUtils.get_env_metadata_from_dataset(str(out))
     assert env_meta["env_name"] == "Lift" and env_meta["type"] == 1
     for filter_key in (None, "train", "valid"):
+        with h5py.File(out, "r") as f:  # what we wrote (closed again before robomimic opens the file)
+            names = ["demo_0", "demo_1"] if filter_key is None else [n.decode() for n in f[f"mask/{filter_key}"]]
+            n_total = sum(int(f[f"data/{n}"].attrs["num_samples"]) for n in names)
+            first = f[f"data/{names[0]}"]
+            T = int(first.attrs["num_samples"])
+            want = {i: {"obs": {k: first[f"obs/{k}"][i] for k in (*PROPRIO, *IMAGE_KEYS)},
+                        **{k: first[k][i] for k in ("actions", "rewards", "dones")}} for i in (0, T - 1)}
         ds = SequenceDataset(
             hdf5_path=str(out), obs_keys=list(PROPRIO) + list(IMAGE_KEYS),
             dataset_keys=["actions", "rewards", "dones"], seq_length=1, frame_stack=1,
             hdf5_cache_mode=None, hdf5_use_swmr=True, load_next_obs=False, filter_by_attribute=filter_key,
         )
-        with h5py.File(out, "r") as f:
-            names = ["demo_0", "demo_1"] if filter_key is None else [n.decode() for n in f[f"mask/{filter_key}"]]
-            assert len(ds) == sum(int(f[f"data/{n}"].attrs["num_samples"]) for n in names)
-            first = names[0]
-            T = int(f[f"data/{first}"].attrs["num_samples"])
-            for idx in (0, T - 1):  # first and last step of the first demo
-                item = ds[idx]
-                for k in IMAGE_KEYS:
-                    assert item["obs"][k].shape == (1, SIZE, SIZE, 3) and item["obs"][k].dtype == np.uint8
-                    np.testing.assert_array_equal(item["obs"][k][0], f[f"data/{first}/obs/{k}"][idx])
-                for k, dim in PROPRIO.items():
-                    assert item["obs"][k].shape == (1, dim)
-                    np.testing.assert_array_equal(item["obs"][k][0], f[f"data/{first}/obs/{k}"][idx])
-                np.testing.assert_array_equal(item["actions"][0], f[f"data/{first}/actions"][idx])
-                assert item["rewards"][0] == f[f"data/{first}/rewards"][idx]
-                assert item["dones"][0] == f[f"data/{first}/dones"][idx]
-        del ds
+        assert len(ds) == n_total
+        for idx, w in want.items():  # first and last step of the first demo
+            item = ds[idx]
+            for k in IMAGE_KEYS:
+                assert item["obs"][k].shape == (1, SIZE, SIZE, 3) and item["obs"][k].dtype == np.uint8
+                np.testing.assert_array_equal(item["obs"][k][0], w["obs"][k])
+            for k, dim in PROPRIO.items():
+                assert item["obs"][k].shape == (1, dim)
+                np.testing.assert_array_equal(item["obs"][k][0], w["obs"][k])
+            np.testing.assert_array_equal(item["actions"][0], w["actions"])
+            assert item["rewards"][0] == w["rewards"] and item["dones"][0] == w["dones"]
+        ds.close_and_delete_hdf5_handle()

@@ -83,9 +83,9 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
         rec_obs: dict[str, list] = {k: [] for k in (*image_keys, *proprio_keys)}
         success = prior_hit_success = False
         for _ in range(horizon):
-            if not recording and policy.grasped:
-                recording = True
             action = policy(obs)
+            if not recording and policy.grasped:
+                recording = True  # task demos start at the grasped state, with the first post-grasp action
             if recording:
                 for k in rec_obs:
                     rec_obs[k].append(np.array(obs[k]))
@@ -143,10 +143,7 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(task: str, image_size: int, cameras, horizon: int, seed: int, kind: str,
-                 lp_threads: int | None) -> None:
-    if lp_threads:
-        os.environ.setdefault("LP_NUM_THREADS", str(lp_threads))  # llvmpipe render threads per process
+def _init_worker(task: str, image_size: int, cameras, horizon: int, seed: int, kind: str) -> None:
     from visual_dr3.envs.make import make_env
 
     spec = get_task(task)
@@ -216,7 +213,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
         "proprio_keys": list(spec.proprio_keys), "seed": int(seed), "render": render_settings(),
         "episodes": int(episodes), "horizon": horizon, "generator": "scripted",
     }
-    init_args = (spec.name, int(image_size), cams, horizon, int(seed), kind, 1 if workers > 1 else None)
+    init_args = (spec.name, int(image_size), cams, horizon, int(seed), kind)
 
     successes = transitions = env_steps = 0
     role_counts: dict[str, list[int]] = {}
@@ -228,7 +225,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
     try:
         with DatasetWriter(out_path, env_args, meta) as writer:
             if workers == 1:
-                _init_worker(*init_args[:-1], None)
+                _init_worker(*init_args)
                 results = (_worker_episode(i) for i in range(episodes))
                 from visual_dr3.envs.make import model_xml
 

@@ -13,9 +13,16 @@ Layout::
         obs/<proprio key>  (T,D) float64
     mask/<key>      demo names as bytes (train, valid; cog: prior, task)
 
-Image compression: ``lzf`` by default. Measured on 84x84 robosuite frames (see the generator's report
-in the project notes): lzf and gzip give files of similar size for these images, and lzf decompresses
-several times faster, which matters because the replay loads whole files into memory at start.
+Image compression: gzip level 4, one frame per chunk. Measured on 2,018 frames of 84x84x3 robosuite
+images (12 lift episodes, two cameras; 42.7 MB raw), loading every dataset into memory, page cache warm:
+
+    none      42.9 MB  0.044 s
+    lzf       22.0 MB  0.19 s
+    gzip 1    15.8 MB  0.26 s
+    gzip 4    14.1 MB  0.24 s   <- chosen: 36% smaller than lzf for ~25% longer loads (~2 s more per
+    gzip 9    13.7 MB  (writes 3.5x slower than gzip 4)                   100k frames)
+
+Writing costs ~0.45 ms a frame with gzip 4, nothing next to rendering (~13 ms a frame).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from visual_dr3.errors import UserError
 
 #: version of our metadata (``data.attrs['visual_dr3']``)
 FORMAT_VERSION = 1
-IMAGE_COMPRESSION = "lzf"
+IMAGE_COMPRESSION = "gzip"
+IMAGE_COMPRESSION_OPTS = 4
 ATTR_KEYS = ("task", "kind", "image_size", "cameras", "proprio_keys", "seed", "render", "episodes", "version")
 
 
@@ -78,12 +86,14 @@ class DatasetWriter:
     """
 
     def __init__(self, path: "str | os.PathLike", env_args: Mapping, meta: Mapping,
-                 image_compression: str | None = IMAGE_COMPRESSION, image_compression_opts: int | None = None):
+                 image_compression: str | None = IMAGE_COMPRESSION,
+                 image_compression_opts: int | None = IMAGE_COMPRESSION_OPTS):
         self.path = Path(path)
         self.env_args = dict(env_args)
         self.meta = dict(meta)
         self.image_compression = image_compression
-        self.image_compression_opts = image_compression_opts
+        # compression_opts is gzip's level; lzf takes none
+        self.image_compression_opts = image_compression_opts if image_compression == "gzip" else None
         self.tmp_path = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
         self._file: h5py.File | None = h5py.File(self.tmp_path, "w", libver="latest")
         self._data = self._file.create_group("data")

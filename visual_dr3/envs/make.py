@@ -46,6 +46,30 @@ class _QuietRobosuite(logging.Filter):
 
 logging.getLogger("robosuite_logs").addFilter(_QuietRobosuite())
 
+
+def _preload_triton() -> None:
+    """Load triton's native library before any EGL context exists.
+
+    Measured here: once an EGL context has been made (Mesa llvmpipe loads its LLVM), importing triton
+    (which ``import torchvision`` does, through torch._dynamo) segfaults the process; loaded first, both
+    work. Loading ``libtriton.so`` (RTLD_LOCAL) takes ~0.15 s; nothing happens if triton is absent.
+    """
+    try:
+        import ctypes
+        import importlib.util
+
+        spec = importlib.util.find_spec("triton")
+        if spec is None or not spec.origin:
+            return
+        lib = os.path.join(os.path.dirname(spec.origin), "_C", "libtriton.so")
+        if os.path.exists(lib):
+            ctypes.CDLL(lib, mode=os.RTLD_LAZY | os.RTLD_LOCAL)
+    except Exception:  # best effort: never stop env construction over this
+        pass
+
+
+_preload_triton()
+
 import mujoco  # noqa: E402
 import robosuite  # noqa: E402
 import robosuite.macros as _rs_macros  # noqa: E402

@@ -152,7 +152,15 @@ class TrainConfig:
     eval_every: int = 0
     """Steps between evaluation rollouts during training; 0 turns evaluation off."""
     eval_episodes: int = 20
-    """Rollouts per evaluation."""
+    """Rollouts per evaluation (split across DDP ranks)."""
+    eval_workers: Optional[int] = None
+    """Env worker processes per rank for evaluation; None means one per spare core (at most 8)."""
+    eval_videos: int = 2
+    """Episodes recorded as mp4 at each evaluation (under <output_dir>/eval/videos); 0 records none."""
+    eval_horizon: Optional[int] = None
+    """Episode length limit for evaluation; None means the task's horizon."""
+    eval_deterministic: bool = True
+    """Evaluate the policy's mean action (tanh of the Gaussian mean) instead of sampling."""
     resume: Optional[str] = None
     """Checkpoint to resume from, or ``auto`` for <output_dir>/checkpoints/last.ckpt when present."""
     wandb: Literal["offline", "online", "off"] = "offline"
@@ -186,7 +194,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                ("model.feature_dim", cfg.model.feature_dim), ("cql.num_actions", cfg.cql.num_actions)]
     for flag, v in pos_int:
         need(isinstance(v, int) and v > 0, flag, "a positive integer", v)
-    for flag, v in [("eval_every", cfg.eval_every), ("data.augment_pad", cfg.data.augment_pad),
+    if cfg.eval_horizon is not None:
+        need(cfg.eval_horizon > 0, "eval_horizon", "a positive integer (or null)", cfg.eval_horizon)
+    if cfg.eval_workers is not None:
+        need(cfg.eval_workers > 0, "eval_workers", "a positive integer (or null)", cfg.eval_workers)
+    for flag, v in [("eval_every", cfg.eval_every), ("eval_videos", cfg.eval_videos),
+                    ("data.augment_pad", cfg.data.augment_pad),
                     ("algo.bc_warmup_steps", cfg.algo.bc_warmup_steps)]:
         need(v >= 0, flag, "an integer >= 0", v)
     need(len(cfg.model.hidden_dims) > 0 and all(h > 0 for h in cfg.model.hidden_dims),

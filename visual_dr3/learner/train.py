@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from visual_dr3.errors import UserError, cli_entry
+from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 from visual_dr3.learner.cli_args import dump_yaml, parse_train_args
 from visual_dr3.learner.config import TrainConfig
 
@@ -103,7 +104,11 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = ()):
     if cfg.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""))
     ckpt_dir = out / "checkpoints"
+    from visual_dr3.evaluation.callback import make_eval_callback
+
+    eval_cb = make_eval_callback(cfg, out)  # None when --eval-every 0
     callbacks = [
+        *([eval_cb] if eval_cb is not None else []),
         ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint_every, save_top_k=0, save_last=True,
                         enable_version_counter=False),
@@ -138,14 +143,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
 
     task = get_task(cfg.task)
     dataset = resolve_dataset(cfg, task)
-    out = Path(cfg.output_dir or f"runs/{task.name}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--output-dir {out}: not writable ({e.strerror})") from None
+    out = ensure_writable_dir(cfg.output_dir or f"runs/{task.name}", "--output-dir")
     resume = cfg.resume
     if resume == "auto":
         last = out / "checkpoints" / "last.ckpt"
@@ -163,9 +161,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
         raise UserError(f"{dataset}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
 
     if _rank() == 0:
-        tmp = out / "config.yaml.tmp"
-        tmp.write_text(dump_yaml(cfg))
-        os.replace(tmp, out / "config.yaml")
+        write_text_atomic(out / "config.yaml", dump_yaml(cfg))
 
     torch.set_float32_matmul_precision("high")
     if not torch.cuda.is_available():
@@ -174,8 +170,9 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     module = DR3CQL(to_dict(cfg), image_keys=image_keys, proprio_keys=proprio_keys,
                     proprio_dim=info["proprio_dim"], image_size=info["image_size"], action_dim=task.action_dim,
                     env_args=info["env_args"], dataset_meta=info["meta"])
-    if cfg.compile:
-        module.encoder = torch.compile(module.encoder)
+    if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the plain module
+        module.encoder.compile()
+        module.q.compile()
     make_dm = datamodule_factory or ReplayDataModule
     dm = make_dm(cfg, str(dataset), image_keys, proprio_keys, task.action_dim, info["image_size"])
     trainer = build_trainer(cfg, out, extra_callbacks)

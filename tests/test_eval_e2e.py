@@ -1,0 +1,229 @@
+"""End to end: ``python eval.py`` in a subprocess on a checkpoint made by ``python train.py`` (real dataset,
+real robosuite envs, 32x32 images, short horizon), its bad-input cases, and the training-time
+``EvalCallback`` under real 2-process CPU DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from visual_dr3.evaluation.stats import episode_seed, wilson_interval
+from visual_dr3.evaluation.video import HOLD_FRAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SMALL = ["--model.feature_dim", "16", "--model.hidden_dims", "[16,16]", "--cql.num_actions", "2",
+         "--wandb", "off", "--progress", "false"]
+
+
+def _env():
+    return dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+
+
+def run_eval(args, cwd, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, args)], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(lift_dataset, tmp_path_factory):
+    """A real (2-step) checkpoint of train.py on the session's tiny lift dataset."""
+    out = tmp_path_factory.mktemp("eval_ckpt") / "run"
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--task", "lift", "--dataset", str(lift_dataset),
+                        "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out), *SMALL],
+                       cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    path = out / "checkpoints" / "last.ckpt"
+    assert path.is_file()
+    return path
+
+
+def read_frames(path: Path):
+    import imageio.v2 as imageio
+
+    return [f for f in imageio.get_reader(str(path))]  # (list() would ask len(): inf for ffmpeg)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(checkpoint, tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval2")
+    out_json, videos = d / "res" / "eval.json", d / "videos"
+    r = run_eval(["--checkpoint", checkpoint, "--episodes", 4, "--workers", 2, "--video", videos, "--json", out_json,
+                  "--horizon", 12, "--seed", 5, "--deterministic"], cwd=d)
+    return r, out_json, videos
+
+
+def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
+    r, out_json, videos = two_worker_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "success rate" in r.stdout and "Wilson" in r.stdout and "env steps/s" in r.stdout
+    assert "eval: 100%" in r.stderr  # the progress bar over episodes ran to the end
+
+    rep = json.loads(out_json.read_text())
+    assert [p.name for p in out_json.parent.iterdir()] == ["eval.json"]  # no temporary file left behind
+    assert rep["task"] == "lift" and rep["env_name"] == "Lift" and rep["global_step"] == 2
+    assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5 and rep["deterministic"] is True
+    assert rep["horizon"] == 12 and rep["image_size"] == 32
+    assert rep["render"]["image_convention"] == "opencv" and rep["render"]["reflection"] is False
+    recs = rep["records"]
+    assert [r_["episode"] for r_ in recs] == [0, 1, 2, 3]
+    assert [r_["seed"] for r_ in recs] == [episode_seed(5, i) for i in range(4)]
+    for r_ in recs:
+        assert r_["error"] is None and r_["attempts"] == 1
+        assert 1 <= r_["length"] <= 12 and r_["return"] == float(r_["success"])
+    s = rep["summary"]
+    succ = sum(r_["success"] for r_ in recs)
+    assert s["episodes"] == 4 and s["successes"] == succ and s["success_rate"] == succ / 4
+    assert (s["success_ci95_low"], s["success_ci95_high"]) == pytest.approx(wilson_interval(succ, 4))
+    assert s["env_steps"] == sum(r_["length"] for r_ in recs) and s["env_steps_per_s"] > 0
+
+    mp4s = sorted(videos.iterdir())
+    assert [p.name for p in mp4s] == [f"ep{i:04d}_{'success' if recs[i]['success'] else 'failure'}.mp4"
+                                      for i in range(4)]
+    for i, p in enumerate(mp4s):
+        assert recs[i]["video"] == str(p)
+        frames = read_frames(p)
+        # one frame per observation (reset + each step), then the end frame held
+        assert len(frames) == recs[i]["length"] + 1 + HOLD_FRAMES
+        # 32 px cameras upscaled 8x to 256 px, side by side, bordered, padded to multiples of 16
+        assert frames[0].shape == (288, 544, 3)
+
+
+def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_worker_run, tmp_path):
+    """1 worker vs the 2-worker run: each episode starts from the same state (the videos' first frames; same
+    horizon, so that the two mp4s are encoded alike: x264's rate control looks ahead).
+
+    Later frames may differ slightly: a batch of 2 through the conv net rounds differently from a batch of 1
+    (float32 on CPU), and the simulation amplifies ~1e-7 differences in actions. So only the start is exact.
+    """
+    import numpy as np
+
+    _, json2, _ = two_worker_run
+    out = tmp_path / "one"
+    r = run_eval(["--checkpoint", checkpoint, "--episodes", 2, "--workers", 1, "--video", out, "--json",
+                  out / "r.json", "--horizon", 12, "--seed", 5, "--deterministic", "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval:" not in r.stderr  # --no-progress
+    ra = json.loads((out / "r.json").read_text())["records"]
+    rb = json.loads(json2.read_text())["records"][:2]
+    assert [x["seed"] for x in ra] == [x["seed"] for x in rb] == [episode_seed(5, i) for i in range(2)]
+    firsts = [[read_frames(Path(x["video"]))[0].astype(int) for x in recs] for recs in (ra, rb)]
+    for u, v in zip(*firsts):
+        assert u.shape == v.shape and np.abs(u - v).max() <= 4  # same frames -> same H.264 (small slack)
+    assert np.abs(firsts[0][0] - firsts[0][1]).max() > 50  # (episodes 0 and 1 do start differently)
+
+
+@pytest.fixture(scope="module")
+def bad_files(checkpoint, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "junk.ckpt").write_text("this is not a checkpoint\n")
+    torch.save({"state_dict": {}, "epoch": 0}, d / "foreign.ckpt")
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck["visual_dr3"]["env_args"]["env_kwargs"]["camera_heights"] = 48
+    ck["visual_dr3"]["env_args"]["env_kwargs"]["camera_widths"] = 48
+    torch.save(ck, d / "size48.ckpt")
+    return d
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--checkpoint", "{d}/missing.ckpt"], "missing.ckpt: file not found"),
+    (["--checkpoint", "{d}/junk.ckpt"], "not a PyTorch checkpoint"),
+    (["--checkpoint", "{d}/foreign.ckpt"], "no 'visual_dr3' metadata (incompatible checkpoint)"),
+    (["--checkpoint", "{d}/size48.ckpt"], "trained on 32x32 images but env_args render 48x48"),
+    (["--checkpoint", "{ck}", "--episodes", "0"], "--episodes: got 0; expected an integer >= 1"),
+    (["--checkpoint", "{ck}", "--workers", "0"], "--workers: got 0; expected an integer >= 1"),
+    (["--checkpoint", "{ck}", "--episodes", "many"], "--episodes: got 'many'"),
+    (["--checkpoint", "{ck}", "--device", "tpu"], "--device"),
+    (["--episodes", "3"], "--checkpoint"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, bad_files, checkpoint, tmp_path):
+    args = [a.format(d=bad_files, ck=checkpoint) for a in args]
+    r = run_eval(args + ["--horizon", "5"], cwd=tmp_path, timeout=300)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr[-2000:]
+
+
+CALLBACK_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import visual_dr3  # noqa: F401
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from visual_dr3.evaluation.callback import EvalCallback
+from visual_dr3.learner.config import TrainConfig, to_dict
+from visual_dr3.learner.datamodule import ReplayDataModule
+from visual_dr3.learner.module import DR3CQL
+from visual_dr3.learner.train import peek_dataset
+from visual_dr3.envs.tasks import get_task
+
+def main():
+    dataset, out, devices = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    torch.set_num_threads(1)
+    task = get_task("lift")
+    cfg = TrainConfig(task="lift", dataset=dataset, batch_size=8, max_steps=3, log_every=1, seed=0)
+    cfg.model.feature_dim, cfg.model.hidden_dims, cfg.cql.num_actions = 16, [16, 16], 2
+    info = peek_dataset(Path(dataset), task.image_keys, task.proprio_keys)
+    L.seed_everything(0, verbose=False)
+    module = DR3CQL(to_dict(cfg), list(task.image_keys), list(task.proprio_keys), info["proprio_dim"],
+                    info["image_size"], 7, env_args=info["env_args"], dataset_meta=info["meta"])
+    dm = ReplayDataModule(cfg, dataset, list(task.image_keys), list(task.proprio_keys), 7, info["image_size"])
+    cb = EvalCallback(every_n_steps=2, episodes=3, workers=1, seed=0, video_dir=out / "eval" / "videos",
+                      video_episodes=1, output_dir=out, horizon=6)
+    loggers = [CSVLogger(save_dir=str(out), name="", version=""),
+               WandbLogger(project="t", save_dir=str(out), offline=True)]
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        max_steps=cfg.max_steps, logger=loggers, callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1, default_root_dir=str(out),
+                        use_distributed_sampler=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    res = {"rank": trainer.global_rank, "best": cb.best_success_rate, "best_step": cb.best_step,
+           "last_eval_step": cb.last_eval_step, "summary": cb.last_summary,
+           "episodes": [r["episode"] for r in cb.last_records],
+           "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}}
+    (out / f"result_rank{trainer.global_rank}.json").write_text(json.dumps(res))
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_eval_callback_under_two_process_ddp(lift_dataset, tmp_path):
+    script = tmp_path / "cb_script.py"
+    script.write_text(CALLBACK_SCRIPT)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(script), str(lift_dataset), str(out), "2"], cwd=tmp_path,
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = [json.loads((out / f"result_rank{k}.json").read_text()) for k in (0, 1)]
+    # evaluated at step 2 (every 2) and at the end (step 3); both ranks hold the same gathered results
+    for x in res:
+        assert x["last_eval_step"] == 3 and x["episodes"] == [0, 1, 2] and x["best_step"] == 2
+        assert set(x["metrics"]) >= {"eval/success_rate", "eval/success_ci95_low", "eval/success_ci95_high",
+                                     "eval/return", "eval/length"}
+    assert res[0]["metrics"] == res[1]["metrics"] and res[0]["summary"] == res[1]["summary"]
+    assert res[0]["summary"]["episodes"] == 3 and res[0]["summary"]["mean_length"] <= 6
+    # rank 0 alone wrote the files
+    assert sorted(p.name for p in (out / "eval").glob("step_*.json")) == ["step_0000002.json", "step_0000003.json"]
+    rep = json.loads((out / "eval" / "step_0000003.json").read_text())
+    assert [x["episode"] for x in rep["records"]] == [0, 1, 2] and rep["world_size"] == 2
+    assert [x["seed"] for x in rep["records"]] == [episode_seed(0, i) for i in range(3)]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt"]
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["global_step"] == 2 and "visual_dr3" in best
+    # videos of rank 0's first episode (episode 0) at each evaluation, also logged to wandb
+    vids = sorted(p.relative_to(out / "eval" / "videos").as_posix() for p in (out / "eval" / "videos").rglob("*.mp4"))
+    assert [v.split("/")[0] for v in vids] == ["step_0000002", "step_0000003"]
+    assert all(v.split("/")[1].startswith("ep0000_") for v in vids)
+    assert list((out / "wandb").rglob("media/videos/eval/*.mp4"))
+    # the CSV logger got the eval metrics at the training step
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "eval/success_rate" in header and "eval/success_ci95_high" in header

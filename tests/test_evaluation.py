@@ -1,0 +1,383 @@
+"""Evaluation: Wilson interval (exact values), episode seeds, aggregation, videos, checkpoint checks, and the
+rollout pool on real robosuite envs (tiny 32x32 images, a few steps): seeds independent of the number of
+workers, worker crashes retried once and reported, failures recorded."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
+from visual_dr3.errors import UserError
+from visual_dr3.evaluation.stats import Z95, env_seed_for, episode_seed, format_summary, summarize, wilson_interval
+from visual_dr3.evaluation.video import (FAILURE_RGB, HOLD_FRAMES, SUCCESS_RGB, compose_frame, episode_frames,
+                                         upscale_factor, write_episode_video)
+
+IMAGE_KEYS = ["agentview_image", "robot0_eye_in_hand_image"]
+PROPRIO_KEYS = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+SIZE = 32
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Wilson interval
+# ---------------------------------------------------------------------------------------------------------
+
+def test_wilson_no_trials_is_the_whole_unit_interval():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_5_of_10_hand_computed():
+    # z = 1.959964, z^2 = 3.841459; centre = (0.5 + z^2/20) / (1 + z^2/10) = 0.5 exactly;
+    # half = z * sqrt(0.5*0.5*10 + z^2/4) / (10 + z^2) = 1.959964 * sqrt(3.460365) / 13.841459 = 0.263407
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.236593, abs=1e-6)
+    assert high == pytest.approx(0.763407, abs=1e-6)
+    assert (low + high) / 2 == pytest.approx(0.5, abs=1e-12)
+
+
+def test_wilson_10_of_10_hand_computed():
+    # p = 1: low = n / (n + z^2) = 10 / 13.841459 = 0.722467; high = 1
+    low, high = wilson_interval(10, 10)
+    assert low == pytest.approx(0.722467, abs=1e-6)
+    assert low == pytest.approx(10 / (10 + Z95 ** 2), rel=1e-12)
+    assert high == 1.0
+
+
+def test_wilson_0_of_10_hand_computed():
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0
+    assert high == pytest.approx(0.277533, abs=1e-6)  # z^2 / (n + z^2)
+
+
+@pytest.mark.parametrize("s, n", [(1, 3), (7, 20), (37, 50), (1, 1000)])
+def test_wilson_bounds_are_the_roots_of_the_score_equation(s, n):
+    # The Wilson bounds are the p with (s/n - p)^2 = z^2 p (1 - p) / n, i.e. the roots of
+    # (1 + z^2/n) p^2 - (2 s/n + z^2/n) p + (s/n)^2 = 0.
+    z2, ph = Z95 ** 2, s / n
+    roots = sorted(np.roots([1 + z2 / n, -(2 * ph + z2 / n), ph ** 2]).real)
+    assert wilson_interval(s, n) == pytest.approx(tuple(roots), abs=1e-12)
+
+
+def test_wilson_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+    with pytest.raises(ValueError):
+        wilson_interval(-1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seeds and aggregation
+# ---------------------------------------------------------------------------------------------------------
+
+def test_episode_seed_depends_only_on_run_seed_and_episode():
+    seeds = [episode_seed(0, i) for i in range(200)]
+    assert seeds == [episode_seed(0, i) for i in range(200)]  # deterministic
+    assert len(set(seeds)) == 200  # distinct episodes, distinct seeds
+    assert all(0 <= s < 2 ** 32 for s in seeds)
+    assert not set(seeds) & {episode_seed(1, i) for i in range(200)}  # another run seed, other seeds
+    # what a rank/worker split would hand out is the same function of the global index
+    for world in (1, 2, 3):
+        split = {i: episode_seed(0, i) for r in range(world) for i in range(r, 200, world)}
+        assert [split[i] for i in range(200)] == seeds
+
+
+def test_summarize_counts_errors_as_failures_and_never_drops_them():
+    records = [
+        {"episode": 0, "success": True, "return": 1.0, "length": 40, "attempts": 1, "error": None},
+        {"episode": 1, "success": False, "return": 0.0, "length": 120, "attempts": 1, "error": None},
+        {"episode": 2, "success": True, "return": 1.0, "length": 50, "attempts": 2, "error": None},
+        {"episode": 3, "success": False, "return": 0.0, "length": 0, "attempts": 2, "error": "RuntimeError: x"},
+    ]
+    s = summarize(records, seconds=2.1, rollout_seconds=1.05)
+    assert s["episodes"] == 4 and s["successes"] == 2 and s["success_rate"] == 0.5
+    assert (s["success_ci95_low"], s["success_ci95_high"]) == wilson_interval(2, 4)
+    assert s["mean_return"] == 0.5 and s["mean_length"] == 52.5
+    assert s["env_steps"] == 210 and s["env_steps_per_s"] == pytest.approx(100.0)
+    assert s["rollout_steps_per_s"] == pytest.approx(200.0)
+    assert s["errors"] == 1 and s["retried"] == 2
+    table = format_summary(s)
+    assert "0.500" in table and "2/4" in table and "1 episode(s) failed" in table
+
+
+def test_summarize_empty():
+    s = summarize([])
+    assert s["episodes"] == 0 and math.isnan(s["success_rate"]) and s["success_ci95_low"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# videos
+# ---------------------------------------------------------------------------------------------------------
+
+def test_frames_are_upscaled_side_by_side_with_a_result_border():
+    rng = np.random.default_rng(0)
+    steps = [[rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(2)] for _ in range(4)]
+    assert upscale_factor(32) == 8 and upscale_factor(84) == 3 and upscale_factor(512) == 1
+    frames = episode_frames(steps, success=True, horizon=10)
+    assert len(frames) == 4 + HOLD_FRAMES
+    h, w, _ = frames[0].shape
+    assert h % 16 == 0 and w % 16 == 0 and h >= 256 and w >= 512
+    assert tuple(frames[-1][0, 0]) == SUCCESS_RGB and tuple(frames[0][0, 0]) != SUCCESS_RGB
+    assert tuple(episode_frames(steps, success=False)[-1][0, 0]) == FAILURE_RGB
+    # the camera pixels are there, nearest-neighbour upscaled (8x8 blocks)
+    f = compose_frame(steps[0], 8)
+    ys, xs = np.nonzero((f != f[0, 0]).any(-1))
+    block = f[ys.min():ys.min() + 8, xs.min():xs.min() + 8]
+    assert (block == steps[0][0][0, 0]).all()
+
+
+def test_video_is_written_atomically_and_reads_back(tmp_path):
+    import imageio.v2 as imageio
+
+    steps = [[np.full((SIZE, SIZE, 3), 20 * t, np.uint8)] * 2 for t in range(6)]
+    path = write_episode_video(tmp_path / "v" / "ep0000_success.mp4", steps, success=True, horizon=5)
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["ep0000_success.mp4"]
+    frames = [f for f in imageio.get_reader(str(path))]  # (list() asks len(): inf for ffmpeg)
+    assert len(frames) == 6 + HOLD_FRAMES
+    assert frames[0].shape == episode_frames(steps, True, 5)[0].shape
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoint and env compatibility (no envs built)
+# ---------------------------------------------------------------------------------------------------------
+
+def _meta(**over):
+    from visual_dr3.envs.make import env_args_for, render_settings
+
+    meta = {"config": {"task": "lift"}, "image_keys": list(IMAGE_KEYS), "proprio_keys": list(PROPRIO_KEYS),
+            "image_size": SIZE, "action_dim": 7, "env_args": env_args_for("lift", SIZE),
+            "dataset_meta": {"task": "lift", "image_size": SIZE, "cameras": ["agentview", "robot0_eye_in_hand"],
+                             "render": render_settings()}}
+    meta.update(over)
+    return meta
+
+
+def test_resolve_env_args_accepts_matching_metadata():
+    from visual_dr3.evaluation.cli import resolve_env_args
+
+    env_args, notes = resolve_env_args(_meta())
+    assert env_args["env_kwargs"]["camera_heights"] == SIZE and notes == []
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m["env_args"]["env_kwargs"].update(camera_heights=84, camera_widths=84), "trained on 32x32"),
+    (lambda m: m["env_args"]["env_kwargs"].update(camera_names=["agentview"]), "robot0_eye_in_hand"),
+    (lambda m: m["dataset_meta"]["render"].update(image_convention="opengl"), "image_convention='opengl'"),
+    (lambda m: m["dataset_meta"]["render"].update(reflection=True), "reflection=True"),
+    (lambda m: m["dataset_meta"].update(image_size=84), "image_size 84"),
+    (lambda m: m["config"].update(task="pick_place"), "PickPlaceCan"),
+])
+def test_resolve_env_args_mismatch_is_one_line_user_error(change, needle):
+    from visual_dr3.evaluation.cli import resolve_env_args
+
+    meta = _meta()
+    change(meta)
+    with pytest.raises(UserError) as e:
+        resolve_env_args(meta, where="ckpt")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resolve_env_args_without_env_args_falls_back_to_the_task_env():
+    from visual_dr3.evaluation.cli import resolve_env_args
+
+    env_args, notes = resolve_env_args(_meta(env_args={}, dataset_meta={}))
+    assert env_args["env_name"] == "Lift" and env_args["env_kwargs"]["camera_widths"] == SIZE
+    assert any("no env_args" in n for n in notes)
+
+
+def test_read_checkpoint_errors(tmp_path):
+    from visual_dr3.evaluation.cli import read_checkpoint
+
+    with pytest.raises(UserError, match="file not found"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint\n")
+    with pytest.raises(UserError, match="not a PyTorch checkpoint"):
+        read_checkpoint(junk)
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, bare)
+    with pytest.raises(UserError, match="no 'visual_dr3' metadata"):
+        read_checkpoint(bare)
+    partial = tmp_path / "partial.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "visual_dr3": {"config": {}}}, partial)
+    with pytest.raises(UserError, match="lacks image_keys"):
+        read_checkpoint(partial)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the policy adapter
+# ---------------------------------------------------------------------------------------------------------
+
+def _module():
+    from visual_dr3.learner.config import TrainConfig, to_dict
+    from visual_dr3.learner.module import DR3CQL
+
+    cfg = TrainConfig(task="lift")
+    cfg.model.feature_dim, cfg.model.hidden_dims = 16, [16, 16]
+    torch.manual_seed(0)
+    return DR3CQL(to_dict(cfg), IMAGE_KEYS, PROPRIO_KEYS, 9, SIZE, 7, env_args=_meta()["env_args"]).eval()
+
+
+def _obs(b, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = {k: rng.integers(0, 255, (b, SIZE, SIZE, 3), dtype=np.uint8) for k in IMAGE_KEYS}
+    obs["proprio"] = rng.normal(size=(b, 9)).astype(np.float32)
+    return obs
+
+
+def test_torch_policy_deterministic_equals_module_act():
+    from visual_dr3.evaluation.rollout import TorchPolicy
+
+    m = _module()
+    obs = _obs(3)
+    a = TorchPolicy(m, IMAGE_KEYS, deterministic=True)(obs, [0, 1, 2])
+    t = {k: torch.from_numpy(obs[k]).permute(0, 3, 1, 2).contiguous() for k in IMAGE_KEYS}
+    t["proprio"] = torch.from_numpy(obs["proprio"])
+    assert a.shape == (3, 7) and a.dtype == np.float32
+    np.testing.assert_allclose(a, m.act(t, deterministic=True).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_policy_noise_is_per_episode_not_per_batch():
+    from visual_dr3.evaluation.rollout import TorchPolicy
+
+    m = _module()
+    obs = _obs(3)
+
+    def actions(rows, steps=3):
+        pol = TorchPolicy(m, IMAGE_KEYS, deterministic=False)
+        for r in rows:
+            pol.start_episode(r, episode_seed(0, r))
+        sub = {k: v[rows] for k, v in obs.items()}
+        return [pol(sub, rows) for _ in range(steps)]
+
+    together = actions([0, 1, 2])  # three episodes in one batch (3 workers)
+    alone = [actions([r]) for r in range(3)]  # each episode on its own (1 worker)
+    for r in range(3):
+        for t in range(3):
+            np.testing.assert_allclose(together[t][r], alone[r][t][0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(together[0], together[1])  # fresh noise every step
+    assert np.abs(together[0]).max() < 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pool on real envs
+# ---------------------------------------------------------------------------------------------------------
+
+class RecordingPolicy:
+    """Constant action; remembers each episode's first observation (to compare initial states)."""
+
+    def __init__(self):
+        self.first: dict[int, np.ndarray] = {}
+        self.started: list[int] = []
+        self.batch_sizes: list[int] = []
+
+    def start_episode(self, episode, seed):
+        self.started.append(episode)
+        self.first.pop(episode, None)
+
+    def __call__(self, obs, episodes):
+        self.batch_sizes.append(len(episodes))
+        for row, e in enumerate(episodes):
+            if e not in self.first:
+                self.first[e] = np.concatenate([obs["proprio"][row]] + [obs[k][row].ravel() / 255.0 for k in IMAGE_KEYS])
+        a = np.zeros((len(episodes), 7), np.float32)
+        a[:, 2] = 0.5  # move up a little
+        return a
+
+
+def _pool(workers, **kw):
+    from visual_dr3.envs.make import env_args_for
+    from visual_dr3.evaluation.rollout import RolloutPool
+
+    kw.setdefault("expect_image_size", SIZE)
+    kw.setdefault("expect_proprio_dim", 9)
+    return RolloutPool(env_args_for("lift", SIZE), IMAGE_KEYS, PROPRIO_KEYS, workers=workers, horizon=4,
+                       env_seed=env_seed_for(3), **kw)
+
+
+@pytest.fixture(scope="module")
+def one_worker_run():
+    pol = RecordingPolicy()
+    with _pool(1) as pool:
+        run = pool.run(pol, 4, seed=3)
+    return pol, run
+
+
+def test_initial_states_depend_on_the_episode_not_on_the_worker_count(one_worker_run):
+    pol1, run1 = one_worker_run
+    pol2 = RecordingPolicy()
+    with _pool(2) as pool:
+        run2 = pool.run(pol2, 4, seed=3)
+        assert max(pol2.batch_sizes) == 2  # batched inference over both workers
+        again = RecordingPolicy()
+        run3 = pool.run(again, [2, 0], seed=3)  # workers are reused; other episode subset and order
+    assert [r.episode for r in run1.results] == [0, 1, 2, 3] == [r.episode for r in run2.results]
+    assert [r.seed for r in run1.results] == [episode_seed(3, i) for i in range(4)]
+    assert [r.seed for r in run2.results] == [r.seed for r in run1.results]
+    for e in range(4):
+        np.testing.assert_array_equal(pol1.first[e], pol2.first[e])
+    for e in (0, 2):
+        np.testing.assert_array_equal(pol1.first[e], again.first[e])
+    assert not np.array_equal(pol1.first[0], pol1.first[1])  # different episodes, different starts
+    assert [(r.length, r.success) for r in run1.results] == [(r.length, r.success) for r in run2.results]
+    assert all(r.length == 4 and r.attempts == 1 and r.error is None for r in run1.results)
+    assert [r.episode for r in run3.results] == [0, 2]
+
+
+def test_worker_crash_is_reported_replaced_and_retried_once(one_worker_run, tmp_path):
+    from visual_dr3.evaluation.rollout import FaultSpec
+
+    pol1, _ = one_worker_run
+    lines: list[str] = []
+    faults = [FaultSpec(episode=1, at_step=2, kind="exit", attempts=1),   # dies once: retried, then fine
+              FaultSpec(episode=2, at_step=0, kind="raise", attempts=2)]  # raises twice: recorded as failed
+    pol = RecordingPolicy()
+    with _pool(2, faults=faults, warn=lines.append) as pool:
+        run = pool.run(pol, 4, seed=3, video_episodes=[1, 2], video_dir=tmp_path)
+    by_ep = {r.episode: r for r in run.results}
+    assert sorted(by_ep) == [0, 1, 2, 3]  # nothing dropped
+    assert by_ep[1].attempts == 2 and by_ep[1].error is None and by_ep[1].length == 4
+    np.testing.assert_array_equal(pol.first[1], pol1.first[1])  # the retry restarts from the same seed
+    assert by_ep[1].video is not None and tmp_path.joinpath(by_ep[1].video).is_file()
+    assert by_ep[2].attempts == 2 and not by_ep[2].success and by_ep[2].video is None
+    assert "injected fault at episode 2" in by_ep[2].error
+    assert by_ep[0].attempts == 1 and by_ep[3].attempts == 1
+    assert lines == run.warnings and len(lines) == 3
+    ep1 = [ln for ln in lines if "episode 1 " in ln]
+    ep2 = [ln for ln in lines if "episode 2 " in ln]  # (the order across episodes depends on timing)
+    assert len(ep1) == 1 and "exited with code 3" in ep1[0] and "retrying" in ep1[0]
+    assert len(ep2) == 2 and all("RuntimeError: injected fault" in ln for ln in ep2)
+    assert "retrying" in ep2[0] and "recorded as failed" in ep2[1]
+    s = summarize(run.records)
+    assert s["episodes"] == 4 and s["errors"] == 1 and s["retried"] == 2
+
+
+def test_hung_worker_times_out_and_is_replaced():
+    from visual_dr3.evaluation.rollout import FaultSpec
+
+    lines: list[str] = []
+    with _pool(1, faults=[FaultSpec(episode=0, at_step=1, kind="hang")], warn=lines.append,
+               step_timeout=3.0) as pool:
+        run = pool.run(RecordingPolicy(), 1, seed=0)
+    assert run.results[0].attempts == 2 and run.results[0].error is None
+    assert "no answer within 3 s" in lines[0]
+
+
+def test_image_size_mismatch_with_the_env_is_a_user_error():
+    with _pool(1, expect_image_size=48) as pool:
+        with pytest.raises(UserError, match="is 32x32 but the policy was trained on 48x48"):
+            pool.run(RecordingPolicy(), 1)
+
+
+def test_a_pool_that_lost_its_worker_replaces_it_at_the_next_run():
+    from visual_dr3.evaluation.rollout import FaultSpec
+
+    lines: list[str] = []
+    with _pool(1, faults=[FaultSpec(episode=0, at_step=1, kind="raise", attempts=2)], warn=lines.append) as pool:
+        first = pool.run(RecordingPolicy(), [0], seed=3)
+        assert first.results[0].error and first.results[0].length == 0  # failed at its first step, twice
+        second = pool.run(RecordingPolicy(), [1], seed=3)  # the dead worker is replaced for this run
+    assert second.results[0].error is None and second.results[0].length == 4
+    assert len(lines) == 2 and "recorded as failed" in lines[1]
