@@ -2,7 +2,6 @@
 CLI errors, and a round trip through robomimic 0.3.0's own SequenceDataset."""
 
 import json
-import os
 import subprocess
 import sys
 import types
@@ -15,7 +14,6 @@ import pytest
 import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
 from visual_dr3.data import generate as gen
 from visual_dr3.data.hdf5_writer import DatasetWriter
-from visual_dr3.envs.tasks import get_task
 
 SIZE = 32
 HORIZON = 60  # short episodes: lift at sigma 0.1 succeeds in ~50 steps, sigma 0.6 mostly needs longer

@@ -29,7 +29,6 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np

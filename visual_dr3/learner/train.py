@@ -23,8 +23,10 @@ QUIET_WARNINGS = (".*does not have many workers.*", ".*IterableDataset.*", ".*pr
 CONFIGS_DIR = REPO_ROOT / "configs"
 
 
-def _rank() -> int:
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+def _rank(local: bool = False) -> int:
+    """This process's DDP rank (global, or on this node) from the launcher's environment; 0 if none."""
+    names = ("LOCAL_RANK", "SLURM_LOCALID") if local else ("RANK", "SLURM_PROCID", "LOCAL_RANK")
+    for var in names:
         if var in os.environ:
             return int(os.environ[var])
     return 0
@@ -61,7 +63,11 @@ def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[s
 
 
 def resolve_dataset(cfg: TrainConfig, task) -> Path:
-    """The run's main dataset; the task default is generated when missing (rank 0; others wait)."""
+    """The run's main dataset; the task default is generated when missing.
+
+    The first process of each node generates it (atomic write: on a shared file system two nodes write the
+    same contents and the last rename wins); the node's other processes wait for the file.
+    """
     if cfg.dataset is not None:
         path = Path(cfg.dataset)
         if not path.is_file():
@@ -72,7 +78,7 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
     path = REPO_ROOT / default_dataset_path(task.name)
     if path.is_file():
         return path
-    if _rank() != 0:
+    if _rank(local=True) != 0:
         deadline = time.time() + 6 * 3600
         while not path.is_file():
             if time.time() > deadline:
