@@ -132,38 +132,42 @@ def main() -> None:
           f"over {args.reps}")
 
     # The same kind of batch read from HDF5: per transition, s and s' of both cameras.
-    demo_len = args.steps
     gh = torch.Generator(device=rb.device)
     gh.manual_seed(1)
-    # Frame ids of sampled transitions -> (demo, step); frames per demo = steps (+1 with next_obs).
-    fpd = demo_len + int(args.next_obs)
 
     with h5py.File(path, "r") as f:
         data = f["data"]
+        # Frame ids of sampled transitions -> (demo, step), with the replay's frame layout: demos in natural
+        # order, each its T frames (+1 when the file has next_obs).
+        names = sorted((k for k in data if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
+        lens = np.array([data[k]["actions"].shape[0] for k in names])
+        has_next = "next_obs" in data[names[0]]
+        starts = np.concatenate([[0], np.cumsum(lens + int(has_next))[:-1]])
 
         def draw():
             t, _ = rb.sample_indices(B, gh)
             oi = rb.obs_index[t].cpu().numpy()
-            return oi // fpd, oi % fpd
+            d = np.searchsorted(starts, oi, side="right") - 1
+            return d, oi - starts[d]
 
         def read_slices():
             demo, step = draw()
             out = {k: [] for k in CAMS}
             for d, s in zip(demo.tolist(), step.tolist()):
-                g_ = data[f"demo_{d}"]
+                g_ = data[names[d]]
                 for k in CAMS:
-                    if args.next_obs:
+                    if has_next:
                         out[k].append(np.concatenate([g_["obs"][k][s:s + 1], g_["next_obs"][k][s:s + 1]]))
                     else:
-                        out[k].append(g_["obs"][k][s:min(s + 2, demo_len)])
+                        out[k].append(g_["obs"][k][s:min(s + 2, lens[d])])
             return {k: torch.from_numpy(np.concatenate(v)).permute(0, 3, 1, 2).contiguous() for k, v in out.items()}
 
         def read_fancy():
             demo, step = draw()
             out = {k: [] for k in CAMS}
             for d in np.unique(demo).tolist():
-                idx = np.unique(np.concatenate([step[demo == d], np.minimum(step[demo == d] + 1, demo_len - 1)]))
-                g_ = data[f"demo_{d}"]
+                idx = np.unique(np.concatenate([step[demo == d], np.minimum(step[demo == d] + 1, lens[d] - 1)]))
+                g_ = data[names[d]]
                 for k in CAMS:
                     out[k].append(g_["obs"][k][idx])  # sorted index list: h5py's fancy indexing
             return {k: torch.from_numpy(np.concatenate(v)) for k, v in out.items()}
