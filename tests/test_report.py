@@ -1,0 +1,178 @@
+"""The study report (``python -m visual_dr3.report``) on small fake run folders with chosen numbers."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visual_dr3.errors import UserError
+from visual_dr3.report import build_report
+from visual_dr3.report.runs import differing_keys, group_runs, read_run, summarize_condition
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+Z = 1.959963984540054
+
+
+def _config(seed, coef=0.01, backup="td", out="x"):
+    return {"task": "lift", "dataset": "data/lift_mixed.hdf5", "output_dir": out, "seed": seed,
+            "max_steps": 20, "batch_size": 8, "eval_every": 10,
+            "model": {"encoder": "drq", "feature_dim": 32, "hidden_dims": [32, 32]},
+            "algo": {"backup": backup, "discount": 0.99}, "dr3": {"coef": coef, "features": "encoder"}}
+
+
+def make_run(root: Path, name: str, seed: int, coef: float, backup: str, train_rows, eval_rows=(),
+             evals=(), image_size=32) -> Path:
+    """A fake run folder. ``train_rows``: (step, dr3_dot, srank, q_mean, critic_loss); ``eval_rows``:
+    (step, success_rate) logged to metrics.csv as Lightning's CSV logger does (own row, other cells blank);
+    ``evals``: (step, successes, episodes) written as eval/step_XXXXXXX.json."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(_config(seed, coef, backup, str(d)), sort_keys=False))
+    (d / "hparams.yaml").write_text(yaml.safe_dump({"image_size": image_size}))
+    cols = ["actor_loss", "critic_loss", "dr3_dot", "eval/success_rate", "q_mean", "srank", "step"]
+    with open(d / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for step, dot, srank, q, loss in train_rows:
+            w.writerow({"actor_loss": -1.0, "critic_loss": loss, "dr3_dot": dot, "q_mean": q, "srank": srank,
+                        "step": step})
+        for step, sr in eval_rows:
+            w.writerow({"eval/success_rate": sr, "step": step})
+    for step, succ, n in evals:
+        (d / "eval").mkdir(exist_ok=True)
+        records = [{"episode": i, "success": i < succ, "return": float(i < succ), "length": 10} for i in range(n)]
+        summary = {"episodes": n, "successes": succ, "success_rate": succ / n}
+        (d / "eval" / f"step_{step:07d}.json").write_text(json.dumps({"step": step, "summary": summary,
+                                                                      "records": records}))
+    return d
+
+
+@pytest.fixture
+def study(tmp_path):
+    root = tmp_path / "runs"
+    a0 = make_run(root, "td_c01_s0", 0, 0.01, "td",
+                  [(10, 2.0, 14, 0.5, 3.0), (20, 4.0, 10, 1.0, 2.0)],
+                  eval_rows=[(10, 0.2), (20, 0.6)], evals=[(10, 2, 10), (20, 6, 10)])
+    a1 = make_run(root, "td_c01_s1", 1, 0.01, "td",
+                  [(10, 3.0, 16, 1.0, 5.0), (20, 6.0, 12, 2.0, 4.0)],
+                  eval_rows=[(10, 0.5), (20, 0.3)], evals=[(10, 5, 10), (20, 3, 10)])
+    b0 = make_run(root, "td_c0_s0", 0, 0.0, "td",
+                  [(10, 8.0, 9, 3.0, 1.0), (20, 20.0, 5, 9.0, 1.5)],
+                  eval_rows=[(10, 0.1), (20, 0.25)])  # evaluation in metrics.csv only: no episode counts
+    s0 = make_run(root, "sarsa_s0", 0, 0.01, "sarsa",
+                  [(10, 2.5, 12, 0.7, 2.0), (20, 2.5, 12, 0.8, 1.0)])  # SARSA probe: no evaluation
+    return [a0, a1, b0, s0]
+
+
+def wilson_by_hand(s, n):
+    p = s / n
+    denom = 1 + Z * Z / n
+    centre = (p + Z * Z / (2 * n)) / denom
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def test_grouping_by_differing_keys_and_forced_key(study):
+    runs = [read_run(d) for d in study]
+    assert differing_keys(runs) == ["algo.backup", "dr3.coef"]  # seed and output_dir are not conditions
+    del runs[1].flat["dr3.features"]  # a key an older config lacks does not make a condition
+    assert differing_keys(runs) == ["algo.backup", "dr3.coef"]
+    conds = group_runs(runs)
+    assert [c.label for c in conds] == ["algo.backup=td, dr3.coef=0.01", "algo.backup=td, dr3.coef=0.0",
+                                        "algo.backup=sarsa, dr3.coef=0.01"]
+    assert [[r.seed for r in c.runs] for c in conds] == [[0, 1], [0], [0]]
+    forced = group_runs(runs, "dr3.coef")
+    assert [c.label for c in forced] == ["dr3.coef=0.01", "dr3.coef=0.0"]
+    assert [[r.path.name for r in c.runs] for c in forced] == [["td_c01_s0", "td_c01_s1", "sarsa_s0"],
+                                                               ["td_c0_s0"]]
+    assert [c.label for c in group_runs(runs[:2])] == ["all runs"]
+    with pytest.raises(UserError, match="--group-by dr3.nope"):
+        group_runs(runs, "dr3.nope")
+
+
+def test_aggregated_numbers(study):
+    conds = group_runs([read_run(d) for d in study])
+    a, b, sarsa = (summarize_condition(c) for c in conds)
+    assert a.seeds == [0, 1]
+    # final dr3_dot 4 and 6 -> 5 ± 1 (population std); srank 10, 12; q_mean 1, 2
+    assert a.finals["dr3_dot"] == (pytest.approx(5.0), pytest.approx(1.0), 2)
+    assert a.finals["srank"] == (pytest.approx(11.0), pytest.approx(1.0), 2)
+    assert a.finals["q_mean"] == (pytest.approx(1.5), pytest.approx(0.5), 2)
+    # final evaluations 6/10 and 3/10; best 6/10 and 5/10 (from the JSONs)
+    assert a.final_success == (pytest.approx(0.45), pytest.approx(0.15), 2)
+    assert a.best_success == (pytest.approx(0.55), pytest.approx(0.05), 2)
+    succ, n, lo, hi = a.pooled
+    assert (succ, n) == (9, 20)
+    lo_h, hi_h = wilson_by_hand(9, 20)
+    assert lo == pytest.approx(lo_h, abs=1e-12) and hi == pytest.approx(hi_h, abs=1e-12)
+    assert (round(lo, 4), round(hi, 4)) == (0.2582, 0.6579)
+    # success from metrics.csv only: rates, but no episode counts for an interval
+    assert b.final_success[:1] == (pytest.approx(0.25),) and b.best_success[0] == pytest.approx(0.25)
+    assert b.pooled is None
+    assert sarsa.pooled is None and sarsa.final_success[2] == 0 and math.isnan(sarsa.final_success[0])
+
+
+def test_report_files_and_page(study, tmp_path):
+    out = tmp_path / "reports" / "study"
+    res = build_report([str(d) for d in study], str(out), title="Fake study", verbose=False)
+    pngs = {p.name for p in out.glob("*.png")}
+    assert pngs == {"dr3_dot.png", "srank.png", "q_mean.png", "critic_loss.png", "success_rate.png"}
+    import matplotlib.image as mpimg
+
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        img = mpimg.imread(p)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    md = (out / "index.md").read_text()
+    assert res["page"] == out / "index.md"
+    lo, hi = wilson_by_hand(9, 20)
+    assert (f"| algo.backup=td, dr3.coef=0.01 | 2 (0,1) | 0.450 ± 0.150 | 9/20 [{lo:.3f}, {hi:.3f}] "
+            f"| 0.550 ± 0.050 | 5 ± 1 | 11 ± 1 | 1.5 ± 0.5 |") in md
+    assert "| algo.backup=td, dr3.coef=0.0 | 1 (0) | 0.250 ± 0.000 | - | 0.250 ± 0.000 | 20 ± 0 | 5 ± 0 | 9 ± 0 |" in md
+    assert "| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | 2.5 ± 0 | 12 ± 0 | 0.8 ± 0 |" in md
+    for name in pngs:
+        assert f"]({name})" in md  # embedded by relative path
+    assert "# Fake study" in md
+    assert "- task(s): `lift`" in md and "`data/lift_mixed.hdf5`" in md and "- image size: 32" in md
+    assert "- encoder: `drq`" in md and "- batch size (per device): `8`" in md and "(max_steps): `20`" in md
+    assert "python -m visual_dr3.report" in md and "min-max" in md
+
+
+def test_cli_subprocess_and_bad_input(study, tmp_path):
+    out = tmp_path / "rep"
+    cmd = [sys.executable, "-m", "visual_dr3.report", *map(str, study[:2]), "--out", str(out), "--title", "T"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert [ln.startswith("read ") for ln in lines] == [True, True, False]
+    assert lines[-1] == f"report: {out / 'index.md'} (2 runs, 1 conditions, 5 plots)"
+    md = (out / "index.md").read_text()
+    assert "| all runs | 2 (0,1) |" in md
+    assert f"--out {out} --title T" in md  # the command line that regenerates it
+
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    bad = subprocess.run([sys.executable, "-m", "visual_dr3.report", str(study[0]), str(not_a_run),
+                          "--out", str(tmp_path / "rep2")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    err = bad.stderr.strip().splitlines()
+    assert err[-1].startswith(f"error: {not_a_run}: not a run folder") and "Traceback" not in bad.stderr
+    assert not (tmp_path / "rep2" / "index.md").exists()
+
+
+def test_bad_input_in_process(tmp_path, study):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(UserError, match="metrics.csv missing"):
+        read_run(tmp_path / "half")
+    with pytest.raises(UserError, match="not a folder"):
+        read_run(tmp_path / "nope")
+    (study[0] / "metrics.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="no 'step' column"):
+        read_run(study[0])
