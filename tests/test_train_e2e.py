@@ -83,3 +83,69 @@ def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_existing_run_folder_is_protected(lift_dataset, tmp_path):
+    out = tmp_path / "run"
+    args = ["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "2", "--batch-size", "8",
+            "--output-dir", str(out), "--log-every", "1", "--wandb", "off", "--progress", "false",
+            "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions", "2"]
+    assert train(args, cwd=tmp_path).returncode == 0
+    before = (out / "checkpoints" / "last.ckpt").read_bytes()
+    r = train(args, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "already holds a run" in lines[0] and "--overwrite" in lines[0] \
+        and "--resume" in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
+    r = train(args + ["--overwrite", "true", "--max-steps", "1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 1
+
+
+def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(lift_dataset, tmp_path):
+    out = tmp_path / "run"
+    # A huge critic learning rate drives the weights (then Q-values and losses) to inf/nan within a few steps.
+    args = ["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "40", "--batch-size", "8",
+            "--output-dir", str(out), "--log-every", "4", "--checkpoint-every", "1", "--wandb", "off",
+            "--progress", "false", "--algo.critic_lr", "1e30",
+            "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions", "2"]
+    r = train(args, cwd=tmp_path)
+    assert r.returncode == 3, (r.stdout[-1000:], r.stderr[-3000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "diverged" in lines[0] and "non-finite" in lines[0] and "at step" in lines[0], \
+        r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    for k, v in ckpt["state_dict"].items():
+        assert torch.isfinite(v).all(), k
+    assert 0 < ckpt["global_step"] < 40
+
+
+def test_unwritable_output_dir_and_too_many_gpus_are_one_line(lift_dataset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [(["--output-dir", str(blocker / "run")], "--output-dir"),
+             (["--output-dir", str(tmp_path / "r"), "--accelerator", "gpu",
+               "--devices", str(torch.cuda.device_count() + 1)], "--devices")]
+    for args, needle in cases:
+        r = train(["--task", "lift", "--dataset", str(lift_dataset), *args], cwd=tmp_path, timeout=120)
+        assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+
+
+def test_resume_from_checkpoint_of_other_networks_is_one_line(lift_dataset, tmp_path):
+    common = ["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "1", "--batch-size", "8",
+              "--wandb", "off", "--progress", "false", "--model.hidden_dims", "[32,32]", "--cql.num_actions", "2"]
+    a = tmp_path / "a"
+    assert train(common + ["--output-dir", str(a), "--model.feature_dim", "32"], cwd=tmp_path).returncode == 0
+    r = train(common + ["--output-dir", str(tmp_path / "b"), "--model.feature_dim", "16", "--resume",
+                        str(a / "checkpoints" / "last.ckpt")], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "another configuration" in lines[0] and "model" in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

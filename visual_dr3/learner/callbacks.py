@@ -50,3 +50,63 @@ class FinalCheckpoint(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(str(self.path))
+
+
+class GracefulStop(Callback):
+    """SIGTERM / SIGINT stop training at the end of the current step; ``checkpoints/last.ckpt`` is then written
+    by :class:`FinalCheckpoint` (``on_train_end``) and the CLI exits with ``128 + signal number``.
+
+    The handler only sets a flag (checked at each batch end; under DDP the flag is all-reduced every step, so a
+    signal to any rank stops all ranks at the same step). A second signal while stopping restores the previous
+    handler and re-sends itself (forced exit without a checkpoint). Replaces Lightning's own SIGTERM handler for
+    the training loop (which would exit without saving); restored at the end of training.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        import os
+
+        if self.received is not None:  # second signal: give up on the clean stop
+            self._restore()
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum  # no I/O here: the handler may interrupt a write to stdout
+
+    def _restore(self) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and not trainer.should_stop:
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"[visual-dr3] stop requested by signal: saving checkpoints/last.ckpt at step "
+                      f"{trainer.global_step}, then exiting (signal again to exit at once)", flush=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()

@@ -163,6 +163,11 @@ class TrainConfig:
     """Evaluate the policy's mean action (tanh of the Gaussian mean) instead of sampling."""
     resume: Optional[str] = None
     """Checkpoint to resume from, or ``auto`` for <output_dir>/checkpoints/last.ckpt when present."""
+    overwrite: bool = False
+    """Train into an output_dir that already holds a run (config.yaml or checkpoints/last.ckpt), replacing it."""
+    deterministic: bool = False
+    """Deterministic algorithms (torch.use_deterministic_algorithms; cuDNN benchmark off): needed for bitwise
+    exact resume on GPU, slower there."""
     wandb: Literal["offline", "online", "off"] = "offline"
     """Weights & Biases logging mode (offline by default: a run folder under <output_dir>/wandb)."""
     tensorboard: bool = False

@@ -8,6 +8,7 @@ processes, no copies through host memory.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterator, Optional
 
 import lightning as L
@@ -38,12 +39,17 @@ def augment_batch(batch: Batch, pad: int, generator: torch.Generator) -> Batch:
 class ReplayStream(IterableDataset):
     """Endless iterator of batches sampled from a :class:`ResidentReplay` with one generator."""
 
-    def __init__(self, replay: ResidentReplay, batch_size: int, augment_pad: int, generator: torch.Generator):
+    def __init__(self, replay: ResidentReplay, batch_size: int, augment_pad: int, generator: torch.Generator,
+                 pending: Optional[deque] = None):
         super().__init__()
         self.replay, self.batch_size, self.augment_pad, self.generator = replay, batch_size, augment_pad, generator
+        # The generator's state before each batch yielded and not yet consumed by a training step (Lightning
+        # prefetches, so the generator runs ahead of the steps; see ReplayDataModule.state_dict).
+        self.pending = pending if pending is not None else deque()
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
+            self.pending.append(self.generator.get_state())
             batch = self.replay.sample(self.batch_size, self.generator)
             yield augment_batch(batch, self.augment_pad, self.generator)
 
@@ -63,6 +69,7 @@ class ReplayDataModule(L.LightningDataModule):
         self.action_dim, self.image_size = action_dim, image_size
         self.replay: Optional[ResidentReplay] = None
         self.generator: Optional[torch.Generator] = None
+        self._pending = deque()
 
     def source_specs(self) -> list[SourceSpec]:
         return [SourceSpec(path=s.path or self.dataset, filter_key=s.filter_key, weight=s.weight)
@@ -84,13 +91,25 @@ class ReplayDataModule(L.LightningDataModule):
         self.generator.manual_seed(self.cfg.seed + RANK_SEED_STRIDE * rank)
 
     def train_dataloader(self) -> DataLoader:
-        stream = ReplayStream(self.replay, self.cfg.batch_size, self.cfg.data.augment_pad, self.generator)
+        self._pending.clear()
+        stream = ReplayStream(self.replay, self.cfg.batch_size, self.cfg.data.augment_pad, self.generator,
+                              pending=self._pending)
         return DataLoader(stream, batch_size=None, num_workers=0, collate_fn=_identity)
 
-    # Exact resume (the sampler's generator is part of the run's state).
+    def batch_consumed(self) -> None:
+        """A training step took the oldest batch the stream yielded (called at each train batch start)."""
+        if self._pending:
+            self._pending.popleft()
+
+    # Exact resume (the sampler's generator is part of the run's state). Lightning prefetches the next batch
+    # before running the current step, so at save time the generator is ahead by the prefetched batches: save
+    # the state from before the first batch not yet consumed, so a resumed run samples that batch again.
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()} if self.generator is not None else {}
+        if self.generator is None:
+            return {}
+        return {"generator": self._pending[0].clone() if self._pending else self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         if "generator" in state and self.generator is not None:
             self.generator.set_state(state["generator"])
+            self._pending.clear()

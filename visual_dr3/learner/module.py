@@ -23,6 +23,13 @@ from visual_dr3.learner.networks import QHeads, TanhGaussianActor, make_encoder,
 from visual_dr3.learner.update import Nets, compute_update
 
 
+class TrainingDiverged(Exception):
+    """Non-finite loss, Q-values or gradients; raised at the next log step or save (no checkpoint written)."""
+
+
+GUARDED = ("loss", "Q-values", "gradients")
+
+
 def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """Total L2 norm of the gradients present (a 0-d tensor; no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -57,6 +64,9 @@ class DR3CQL(L.LightningModule):
         self._pending_generator_state: Optional[torch.Tensor] = None
         self._last_log_time: Optional[float] = None
         self._last_log_step = 0
+        # Divergence guard: per quantity of GUARDED, the first step it was non-finite (-1: never), kept on the
+        # device and read only at log steps and before checkpoint saves.
+        self._first_bad: Optional[torch.Tensor] = None
 
     # -- wiring ---------------------------------------------------------------------------------------
     def nets(self) -> Nets:
@@ -105,6 +115,7 @@ class DR3CQL(L.LightningModule):
         out = compute_update(self.nets(), batch, self.cfg, step, generator=self.update_generator)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out.total)
+        self._guard(step, out)
         # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
         log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
         if log_now:
@@ -114,11 +125,40 @@ class DR3CQL(L.LightningModule):
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.critic_parameters(), clip, foreach=True)
             torch.nn.utils.clip_grad_norm_(self.actor_parameters(), clip, foreach=True)
+        if log_now:
+            self.check_finite()  # before the step: the weights of a diverged step are never applied
         opt.step()
         polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
         if log_now:
             self._log_diagnostics(out, batch, grad_metrics, step)
         return None
+
+    def _guard(self, step: int, out) -> None:
+        """Record (with device ops only, no host sync) the first step at which each guarded value is non-finite."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else out.total.new_zeros(())
+        q = out.metrics.get("q_mean", out.total)
+        bad = torch.stack([~torch.isfinite(out.total.detach()), ~torch.isfinite(q.detach()),
+                           ~torch.isfinite(gnorm.detach())])
+        if self._first_bad is None or self._first_bad.device != bad.device:
+            self._first_bad = torch.full((len(GUARDED),), -1, dtype=torch.long, device=bad.device)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.full_like(self._first_bad, step),
+                                      self._first_bad)
+
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` if any rank saw a non-finite value (one host sync; all ranks agree)."""
+        if self._first_bad is None:
+            return
+        first = torch.where(self._first_bad < 0, torch.full_like(self._first_bad, 2**62), self._first_bad)
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        first = first.tolist()
+        bad = [(s, name) for s, name in zip(first, GUARDED) if s < 2**62]
+        if bad:
+            step, _ = min(bad)
+            names = ", ".join(name for s, name in bad if s == step)
+            raise TrainingDiverged(f"training diverged: non-finite {names} at step {step} (checked at step "
+                                   f"{self.global_step})")
 
     def _log_diagnostics(self, out, batch: Batch, grad_metrics: dict, step: int) -> None:
         metrics = dict(out.metrics)
@@ -157,6 +197,7 @@ class DR3CQL(L.LightningModule):
 
     # -- checkpoint contents --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # a diverged state is never saved (over last.ckpt or anywhere)
         checkpoint["visual_dr3"] = {
             "config": to_dict(self.cfg),
             "image_keys": list(self.hparams.image_keys),

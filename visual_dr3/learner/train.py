@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from visual_dr3.errors import UserError, cli_entry
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 from visual_dr3.learner.cli_args import dump_yaml, parse_train_args
-from visual_dr3.learner.config import TrainConfig
+from visual_dr3.learner.config import TrainConfig, to_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Lightning/torch messages that do not apply to this setup (a resident on-device replay needs no workers;
@@ -95,12 +95,67 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
     return path
 
 
+def check_run_folder(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to train over an existing run unless ``--resume`` or ``--overwrite`` says so.
+
+    With ``--overwrite`` (and no ``--resume``) the old run's checkpoints and metrics are removed first, so a
+    later ``--resume auto`` cannot pick up the replaced run's checkpoint.
+    """
+    held = [name for name in ("config.yaml", "checkpoints/last.ckpt") if (out / name).is_file()]
+    if not held or cfg.resume is not None:
+        return
+    if not cfg.overwrite:
+        raise UserError(f"--output-dir {out}: already holds a run ({', '.join(held)}); pass --resume auto to "
+                        f"continue it, --overwrite true to replace it, or another --output-dir")
+    for ckpt in (out / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    (out / "metrics.csv").unlink(missing_ok=True)
+
+
+def check_devices(cfg: TrainConfig) -> None:
+    """``--devices`` more than the GPUs this machine has is a one-line error (CPU processes are not limited)."""
+    import torch
+
+    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    if wants_gpu:
+        have = torch.cuda.device_count()
+        if cfg.devices > have:
+            raise UserError(f"--devices {cfg.devices}: only {have} GPU(s) visible on this machine "
+                            f"(--accelerator {cfg.accelerator}); expected at most {have}, or --accelerator cpu")
+
+
+def check_resume_compatible(path: Path, cfg: TrainConfig, info: dict) -> None:
+    """A checkpoint whose networks differ from this config's is a one-line error naming the differing keys."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        meta = ckpt["visual_dr3"]
+    except Exception as e:  # noqa: BLE001  (any unreadable or foreign file)
+        raise UserError(f"--resume {path}: not a visual-dr3 checkpoint ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    old = meta.get("config", {})
+    diffs = []
+    for key in ("model", "cql.lagrange", "algo.auto_alpha"):
+        a, b = old, to_dict(cfg)
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            diffs.append(f"{key}: checkpoint {a!r}, now {b!r}")
+    if meta.get("image_size") not in (None, info["image_size"]):
+        diffs.append(f"image_size: checkpoint {meta['image_size']}, dataset {info['image_size']}")
+    if diffs:
+        raise UserError(f"--resume {path}: made with another configuration ({'; '.join(diffs)}); expected a "
+                        f"checkpoint of the same networks")
+
+
 def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = ()):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-    from visual_dr3.learner.callbacks import FinalCheckpoint, StepProgress
+    from visual_dr3.learner.callbacks import FinalCheckpoint, GracefulStop, StepProgress
+    from visual_dr3.learner.resume import AtomicCheckpointIO, ResumeState
 
     loggers = [CSVLogger(save_dir=str(out), name="", version="")]
     if cfg.wandb != "off":
@@ -120,6 +175,8 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = ()):
                         enable_version_counter=False),
         FinalCheckpoint(ckpt_dir / "last.ckpt"),
         StepProgress(enabled=cfg.progress),
+        ResumeState(),
+        GracefulStop(),
         *extra_callbacks,
     ]
     strategy = "auto" if cfg.devices * cfg.num_nodes == 1 else "ddp"
@@ -128,8 +185,8 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = ()):
         precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1, logger=loggers, callbacks=callbacks,
         # The module logs at steps s with (s + 1) % log_every == 0 (and the last), when Lightning writes rows.
         log_every_n_steps=cfg.log_every, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, deterministic=False, default_root_dir=str(out),
-        use_distributed_sampler=False, benchmark=True)
+        num_sanity_val_steps=0, limit_val_batches=0, deterministic=cfg.deterministic, default_root_dir=str(out),
+        use_distributed_sampler=False, benchmark=not cfg.deterministic, plugins=[AtomicCheckpointIO()])
 
 
 def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=None) -> dict:
@@ -144,18 +201,21 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     # Lightning's info lines (device listing, tips) give way to our own progress bar and summary.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     from visual_dr3.learner.datamodule import ReplayDataModule
-    from visual_dr3.learner.module import DR3CQL
-    from visual_dr3.learner.config import to_dict
+    from visual_dr3.learner.module import DR3CQL, TrainingDiverged
 
     task = get_task(cfg.task)
     dataset = resolve_dataset(cfg, task)
-    out = ensure_writable_dir(cfg.output_dir or f"runs/{task.name}", "--output-dir")
+    out = Path(cfg.output_dir or f"runs/{task.name}")
+    if _rank() == 0:  # the other ranks start after rank 0 has written config.yaml
+        check_run_folder(out, cfg)
+    out = ensure_writable_dir(out, "--output-dir")
     resume = cfg.resume
     if resume == "auto":
         last = out / "checkpoints" / "last.ckpt"
         resume = str(last) if last.is_file() else None
     elif resume is not None and not Path(resume).is_file():
         raise UserError(f"--resume {resume}: checkpoint not found")
+    check_devices(cfg)
 
     image_keys = list(task.image_keys)
     proprio_keys = list(task.proprio_keys)
@@ -166,6 +226,8 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     if info["meta"].get("task") not in (None, task.name):
         raise UserError(f"{dataset}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
 
+    if resume is not None:
+        check_resume_compatible(Path(resume), cfg, info)
     if _rank() == 0:
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
 
@@ -186,8 +248,16 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     with warnings.catch_warnings():
         for msg in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=msg)
-        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        except TrainingDiverged as e:
+            last = out / "checkpoints" / "last.ckpt"
+            kept = f"last good checkpoint {last}" if last.is_file() else "no checkpoint was saved"
+            raise DivergedError(f"{e}; {kept} (try a lower --algo.critic_lr or --algo.grad_clip)") from None
     seconds = time.perf_counter() - t0
+    from visual_dr3.learner.callbacks import GracefulStop
+
+    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = {
         "task": task.name, "dataset": str(dataset), "output_dir": str(out), "steps": trainer.global_step,
@@ -197,6 +267,8 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
         "metrics": {k: m[k] for k in ("critic_loss", "cql_loss", "dr3_loss", "dr3_dot", "dr3_cos", "srank",
                                       "q_mean", "actor_loss", "alpha") if k in m},
     }
+    if stop is not None and stop.received is not None:
+        summary["stopped_by_signal"] = int(stop.received)
     return summary
 
 
@@ -208,10 +280,39 @@ def print_summary(s: dict) -> None:
         print(f"  {k:16s} {v:.4g}")
 
 
+EXIT_DIVERGED = 3
+
+
+class DivergedError(Exception):
+    """Training stopped on non-finite values; the CLI prints it as one line and exits with EXIT_DIVERGED."""
+
+
+def _diverged_exit(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DivergedError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_DIVERGED) from None
+
+    return wrapper
+
+
+@_diverged_exit
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cfg = parse_train_args(sys.argv[1:] if argv is None else argv, configs_dir=CONFIGS_DIR)
     summary = run(cfg)
     if _rank() == 0 and summary is not None:
         print_summary(summary)
+    if summary is not None and summary.get("stopped_by_signal"):
+        import signal
+
+        signum = summary["stopped_by_signal"]
+        print(f"stopped by {signal.Signals(signum).name} at step {summary['steps']}; checkpoint "
+              f"{summary['last_checkpoint']} (continue with --resume auto)", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
     return summary
