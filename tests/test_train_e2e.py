@@ -149,3 +149,19 @@ def test_resume_from_checkpoint_of_other_networks_is_one_line(lift_dataset, tmp_
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "another configuration" in lines[0] and "model" in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("case", ["truncated", "other_task"])
+def test_bad_dataset_through_the_cli_is_one_line(case, lift_dataset, tmp_path):
+    if case == "truncated":
+        bad = tmp_path / "half.hdf5"
+        data = lift_dataset.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+        args, needle = ["--task", "lift", "--dataset", str(bad)], str(bad)
+    else:  # a lift dataset given to the stack task
+        args, needle = ["--task", "stack", "--dataset", str(lift_dataset)], "made for task 'lift'"
+    r = train(args + ["--output-dir", str(tmp_path / "r")], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
