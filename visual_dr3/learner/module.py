@@ -34,7 +34,7 @@ def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """Total L2 norm of the gradients present (a 0-d tensor; no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else None)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
@@ -115,12 +115,12 @@ class DR3CQL(L.LightningModule):
         out = compute_update(self.nets(), batch, self.cfg, step, generator=self.update_generator)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out.total)
-        self._guard(step, out)
+        # Gradient norms once per step (device ops only): guarded every step, logged at log steps.
+        grad_metrics = {"grad_norm_critic": grad_norm(self.critic_parameters()),
+                        "grad_norm_actor": grad_norm(self.actor_parameters())}
+        self._guard(step, out, torch.linalg.vector_norm(torch.stack(list(grad_metrics.values()))))
         # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
         log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
-        if log_now:
-            grad_metrics = {"grad_norm_critic": grad_norm(self.critic_parameters()),
-                            "grad_norm_actor": grad_norm(self.actor_parameters())}
         clip = self.cfg.algo.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.critic_parameters(), clip, foreach=True)
@@ -133,10 +133,8 @@ class DR3CQL(L.LightningModule):
             self._log_diagnostics(out, batch, grad_metrics, step)
         return None
 
-    def _guard(self, step: int, out) -> None:
+    def _guard(self, step: int, out, gnorm: torch.Tensor) -> None:
         """Record (with device ops only, no host sync) the first step at which each guarded value is non-finite."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else out.total.new_zeros(())
         q = out.metrics.get("q_mean", out.total)
         bad = torch.stack([~torch.isfinite(out.total.detach()), ~torch.isfinite(q.detach()),
                            ~torch.isfinite(gnorm.detach())])
