@@ -4,7 +4,6 @@ CLI errors, and a round trip through robomimic 0.3.0's own SequenceDataset."""
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import h5py
@@ -240,18 +239,10 @@ def test_unwritable_out_folder_is_a_user_error(tmp_path, capsys):
 
 
 def _import_robomimic():
-    """robomimic 0.3.0 imports mujoco_py at top level in its env module: give it a stand-in."""
-    if "mujoco_py" not in sys.modules:
-        mujoco_py = types.ModuleType("mujoco_py")
-        builder = types.ModuleType("mujoco_py.builder")
+    """robomimic 0.3.0 imports mujoco_py at top level in its env module: the benchmarks' stand-in handles it."""
+    from benchmarks.robomimic_cmp import import_robomimic
 
-        class MujocoException(Exception):
-            pass
-
-        builder.MujocoException = MujocoException
-        mujoco_py.builder = builder
-        sys.modules["mujoco_py"] = mujoco_py
-        sys.modules["mujoco_py.builder"] = builder
+    import_robomimic()
     import robomimic.utils.file_utils as FileUtils
     import robomimic.utils.obs_utils as ObsUtils
     from robomimic.utils.dataset import SequenceDataset

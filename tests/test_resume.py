@@ -1,5 +1,6 @@
 """Exact resume through the real CLI: an interrupted-and-resumed run ends bitwise equal to an uninterrupted one."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -62,12 +63,32 @@ def assert_same_run(a, b):
     assert torch.equal(ra["update_generator"], rb["update_generator"])
 
 
+# Wall-clock columns differ between any two runs; Lightning's epoch counter restarts its count of the endless
+# stream at a resume (the stream has no epochs: the step is what counts).
+TIMING_COLUMNS = {"samples_per_s", "steps_per_s", "epoch"}
+
+
+def metrics_rows(run_dir):
+    """metrics.csv rows without the wall-clock and epoch columns."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
+
+
 @pytest.fixture(scope="module")
 def reference(lift_dataset, tmp_path_factory):
-    """The uninterrupted 8-step run's last checkpoint."""
+    """The uninterrupted 8-step run's last checkpoint (its metrics.csv rows in ``reference["metrics"]``)."""
     tmp = tmp_path_factory.mktemp("ref")
     train(lift_dataset, tmp / "run", "--max-steps", "8", cwd=tmp)
-    return load(tmp / "run" / "checkpoints" / "last.ckpt")
+    ckpt = load(tmp / "run" / "checkpoints" / "last.ckpt")
+    ckpt["metrics"] = metrics_rows(tmp / "run")
+    return ckpt
+
+
+def assert_same_metrics(run_dir, reference):
+    """The resumed run's metrics.csv holds the rows from before the interruption too, equal to the reference's."""
+    rows = metrics_rows(run_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference["metrics"]]
+    assert rows == reference["metrics"]
 
 
 def test_stop_then_resume_auto_is_bitwise_exact(lift_dataset, reference, tmp_path):
@@ -76,6 +97,7 @@ def test_stop_then_resume_auto_is_bitwise_exact(lift_dataset, reference, tmp_pat
     assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 4
     train(lift_dataset, out, "--max-steps", "8", "--resume", "auto", cwd=tmp_path)
     assert_same_run(load(out / "checkpoints" / "last.ckpt"), reference)
+    assert_same_metrics(out, reference)
 
 
 def test_sigkill_then_resume_auto_is_bitwise_exact(lift_dataset, reference, tmp_path):

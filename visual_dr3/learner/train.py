@@ -124,8 +124,10 @@ def check_devices(cfg: TrainConfig) -> None:
                             f"(--accelerator {cfg.accelerator}); expected at most {have}, or --accelerator cpu")
 
 
-def check_resume_compatible(path: Path, cfg: TrainConfig, info: dict) -> None:
-    """A checkpoint whose networks differ from this config's is a one-line error naming the differing keys."""
+def check_resume_compatible(path: Path, cfg: TrainConfig, info: dict) -> int:
+    """A checkpoint whose networks differ from this config's is a one-line error naming the differing keys.
+
+    Returns the checkpoint's global step."""
     import torch
 
     try:
@@ -147,17 +149,21 @@ def check_resume_compatible(path: Path, cfg: TrainConfig, info: dict) -> None:
     if diffs:
         raise UserError(f"--resume {path}: made with another configuration ({'; '.join(diffs)}); expected a "
                         f"checkpoint of the same networks")
+    return int(ckpt.get("global_step", 0))
 
 
-def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = ()):
+def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), resume_step: Optional[int] = None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
     from visual_dr3.learner.callbacks import FinalCheckpoint, GracefulStop, StepProgress
     from visual_dr3.learner.resume import AtomicCheckpointIO, ResumeState
 
-    loggers = [CSVLogger(save_dir=str(out), name="", version="")]
+    from visual_dr3.learner.csvlog import RunCSVLogger
+
+    # metrics.csv; on a resume the rows logged before the checkpoint are kept (Lightning's would delete them)
+    loggers = [RunCSVLogger(str(out), resume_step, flush_every=cfg.log_every)]
     if cfg.wandb != "off":
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(project="visual-dr3", save_dir=str(out), offline=cfg.wandb == "offline",
@@ -226,8 +232,9 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     if info["meta"].get("task") not in (None, task.name):
         raise UserError(f"{dataset}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
 
+    resume_step = None
     if resume is not None:
-        check_resume_compatible(Path(resume), cfg, info)
+        resume_step = check_resume_compatible(Path(resume), cfg, info)
     if _rank() == 0:
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
 
@@ -243,7 +250,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
         module.q.compile()
     make_dm = datamodule_factory or ReplayDataModule
     dm = make_dm(cfg, str(dataset), image_keys, proprio_keys, task.action_dim, info["image_size"])
-    trainer = build_trainer(cfg, out, extra_callbacks)
+    trainer = build_trainer(cfg, out, extra_callbacks, resume_step=resume_step)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         for msg in QUIET_WARNINGS:

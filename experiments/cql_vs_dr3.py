@@ -1,0 +1,106 @@
+"""Experiment 2, CQL vs CQL+DR3 on ``lift`` and ``pick_place`` with ``mixed`` and ``cog`` data.
+
+    python -m experiments.cql_vs_dr3 --scale cpu        # or --scale gpu; --dry-run prints the commands
+
+For each task x data kind (a "cell"): ``cql`` (``--dr3-coef 0``) and ``dr3`` (``--dr3-coef 0.01``) x seeds,
+with success-rate evaluations during training. Configs: ``configs/experiments/cql_vs_dr3_mixed.yaml`` and
+``cql_vs_dr3_cog.yaml`` (prior/task 50/50, behaviour-cloning warm-up of 10% of the steps). One report per cell
+(grouped by ``dr3.coef``: success rate, final and best with intervals, dr3_dot, srank, Q-values) and an index
+page with every cell's table. The CPU scale runs ``lift`` only by default (``--tasks lift pick_place`` for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a file: python experiments/cql_vs_dr3.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
+                                fmt_coef, main_flow, resolve_scale, roots, train_args)
+
+EXPERIMENT = "cql_vs_dr3"
+TITLE = "CQL vs CQL+DR3"
+CONFIGS = {"mixed": CONFIG_DIR / "cql_vs_dr3_mixed.yaml", "cog": CONFIG_DIR / "cql_vs_dr3_cog.yaml"}
+#: share of the steps spent behaviour-cloning the actor on cog data (COG: 10k of 100k)
+COG_BC_FRACTION = 0.1
+
+SCALES = {
+    "cpu": Scale(name="cpu", image_size=48, max_steps=1500, batch_size=64, seeds=(0, 1, 2), episodes=50,
+                 eval_every=500, eval_episodes=20, eval_workers=2, log_every=25, checkpoint_every=500,
+                 gen_workers=2, jobs=1),
+    "gpu": Scale(name="gpu", image_size=84, max_steps=100_000, batch_size=256, seeds=(0, 1, 2), episodes=200,
+                 eval_every=10_000, eval_episodes=50, eval_workers=4, log_every=100, checkpoint_every=5000,
+                 gen_workers=16, jobs=4),
+}
+#: tasks run by default at each scale (CPU: one task, to finish in a few hours)
+DEFAULT_TASKS = {"cpu": ("lift",), "gpu": ("lift", "pick_place")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], SCALES)
+    p.add_argument("--tasks", nargs="+", choices=["lift", "pick_place", "stack"], default=None,
+                   help="tasks (default: lift on cpu, lift pick_place on gpu)")
+    p.add_argument("--kinds", nargs="+", choices=sorted(CONFIGS), default=["mixed", "cog"],
+                   help="dataset kinds (default mixed cog)")
+    p.add_argument("--dr3-coef", type=float, default=0.01, help="c0 of the CQL+DR3 condition (default 0.01)")
+    return p
+
+
+def conditions(dr3_coef: float) -> dict[str, tuple[str, ...]]:
+    """condition -> its train.py flags."""
+    return {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", fmt_coef(dr3_coef))}
+
+
+def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
+    """The scale and the runs (task x kind x condition x seed); pure (touches no file)."""
+    scale = resolve_scale(args, SCALES)
+    out_root, _ = roots(args, EXPERIMENT)
+    extra = tuple(shlex.split(args.train_args))
+    runs = []
+    for task in args.tasks or DEFAULT_TASKS[args.scale]:
+        for kind in args.kinds:
+            data = DatasetSpec(task, kind, scale.image_size, scale.episodes, args.data_dir, scale.horizon)
+            kind_flags: tuple[str, ...] = ()
+            if kind == "cog":
+                kind_flags = ("--algo.bc_warmup_steps", str(int(scale.max_steps * COG_BC_FRACTION)))
+            group = f"{task}_{kind}"
+            for cond, flags in conditions(args.dr3_coef).items():
+                for seed in scale.seeds:
+                    out = out_root / group / f"{cond}_s{seed}"
+                    runs.append(RunSpec(
+                        name=f"{group}/{cond}_s{seed}", group=group, condition=cond, seed=seed, out_dir=out,
+                        dataset=data, max_steps=scale.max_steps,
+                        train_args=train_args(CONFIGS[kind], scale, task, data.path, out, seed,
+                                              (*kind_flags, *flags), extra)))
+    return scale, runs
+
+
+def reports(args: argparse.Namespace, scale: Scale, runs: Sequence[RunSpec]):
+    """One report per cell (task x kind) under ``<report>/<task>_<kind>/`` and ``<report>/index.md``."""
+    _, report = roots(args, EXPERIMENT)
+    specs = []
+    for group in dict.fromkeys(r.group for r in runs):
+        cell = tuple(r for r in runs if r.group == group)
+        task, kind = cell[0].dataset.task, cell[0].dataset.kind
+        specs.append(ReportSpec(report / group, f"{TITLE} on {task}/{kind} ({scale.describe()})", cell,
+                                group_by="dr3.coef", name=f"{task} / {kind}"))
+    return specs, report, f"{TITLE} ({scale.describe()})"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    if args.dr3_coef <= 0:
+        p.error(f"--dr3-coef: got {args.dr3_coef}; expected a positive number (the cql condition is c0 = 0)")
+    scale, runs = plan(args)
+    return main_flow(runs, scale, lambda: reports(args, scale, runs), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Experiment 3, DR3 sensitivity on one task: the c0 sweep and the feature choice.
+
+    python -m experiments.sensitivity --scale cpu        # or --scale gpu; --dry-run prints the commands
+
+Config ``configs/experiments/sensitivity.yaml`` (CQL critic, ``mixed`` data). Runs: ``--dr3-coef`` in
+``--coefs`` (default 0, 0.001, 0.01, 0.1: off and three values across two orders of magnitude) with encoder
+features, and ``--dr3.features penultimate`` at ``--features-coef`` (default 0.01; its encoder counterpart is the
+sweep's run at that c0, shared). Two reports: ``c0_sweep`` (grouped by ``dr3.coef``) and ``features`` (grouped by
+``dr3.features``), and an index page with both tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a file: python experiments/sensitivity.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
+                                fmt_coef, main_flow, resolve_scale, roots, train_args)
+
+EXPERIMENT = "sensitivity"
+CONFIG = CONFIG_DIR / "sensitivity.yaml"
+TITLE = "DR3 sensitivity"
+
+SCALES = {
+    "cpu": Scale(name="cpu", image_size=48, max_steps=1500, batch_size=64, seeds=(0, 1), episodes=50,
+                 eval_every=750, eval_episodes=20, eval_workers=2, log_every=25, checkpoint_every=500,
+                 gen_workers=2, jobs=1),
+    "gpu": Scale(name="gpu", image_size=84, max_steps=100_000, batch_size=256, seeds=(0, 1, 2), episodes=200,
+                 eval_every=10_000, eval_episodes=50, eval_workers=4, log_every=100, checkpoint_every=5000,
+                 gen_workers=16, jobs=4),
+}
+DEFAULT_COEFS = (0.0, 0.001, 0.01, 0.1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], SCALES)
+    p.add_argument("--task", default="lift", choices=["lift", "pick_place", "stack"],
+                   help="task of the sweep (default lift)")
+    p.add_argument("--kind", default="mixed", choices=["mixed", "expert", "cog"],
+                   help="dataset kind (default mixed)")
+    p.add_argument("--coefs", type=float, nargs="+", default=list(DEFAULT_COEFS),
+                   help="c0 values of the sweep, encoder features (default 0 0.001 0.01 0.1)")
+    p.add_argument("--features-coef", type=float, default=0.01,
+                   help="c0 at which encoder and penultimate features are compared (default 0.01)")
+    return p
+
+
+def _run(args, scale: Scale, data: DatasetSpec, out_root: Path, coef: float, features: str, seed: int,
+         extra: tuple[str, ...]) -> RunSpec:
+    cond = f"c0_{fmt_coef(coef)}_{features}"
+    out = out_root / f"{cond}_s{seed}"
+    flags = ("--dr3-coef", fmt_coef(coef), "--dr3.features", features)
+    return RunSpec(name=f"{cond}_s{seed}", group=EXPERIMENT, condition=cond, seed=seed, out_dir=out, dataset=data,
+                   max_steps=scale.max_steps,
+                   train_args=train_args(CONFIG, scale, args.task, data.path, out, seed, flags, extra))
+
+
+def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
+    """The scale and the runs: the c0 sweep (encoder), then penultimate at ``--features-coef``; pure."""
+    scale = resolve_scale(args, SCALES)
+    out_root, _ = roots(args, EXPERIMENT)
+    data = DatasetSpec(args.task, args.kind, scale.image_size, scale.episodes, args.data_dir, scale.horizon)
+    extra = tuple(shlex.split(args.train_args))
+    coefs = list(dict.fromkeys(args.coefs))
+    if args.features_coef not in coefs:  # the encoder side of the feature comparison
+        coefs.append(args.features_coef)
+    runs = []
+    for coef in coefs:
+        for seed in scale.seeds:
+            runs.append(_run(args, scale, data, out_root, coef, "encoder", seed, extra))
+    for seed in scale.seeds:
+        runs.append(_run(args, scale, data, out_root, args.features_coef, "penultimate", seed, extra))
+    return scale, runs
+
+
+def reports(args: argparse.Namespace, scale: Scale, runs: Sequence[RunSpec]):
+    """``<report>/c0_sweep``, ``<report>/features`` and ``<report>/index.md``."""
+    _, report = roots(args, EXPERIMENT)
+    where = f"{args.task}/{args.kind}"
+    fc = fmt_coef(args.features_coef)
+    sweep = tuple(r for r in runs if r.condition.endswith("_encoder"))
+    feats = tuple(r for r in runs if r.condition.startswith(f"c0_{fc}_"))
+    return ([ReportSpec(report / "c0_sweep", f"{TITLE}: c0 sweep on {where} ({scale.describe()})", sweep,
+                        group_by="dr3.coef", name="c0 sweep (encoder features)"),
+             ReportSpec(report / "features", f"{TITLE}: encoder vs penultimate features at c0 = {fc} on {where} "
+                        f"({scale.describe()})", feats, group_by="dr3.features", name=f"features at c0 = {fc}")],
+            report, f"{TITLE} on {where} ({scale.describe()})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    if any(c < 0 for c in args.coefs) or args.features_coef <= 0:
+        p.error("--coefs: expected numbers >= 0 and --features-coef a positive number")
+    scale, runs = plan(args)
+    return main_flow(runs, scale, lambda: reports(args, scale, runs), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

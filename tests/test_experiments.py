@@ -1,0 +1,314 @@
+"""The DR3 study scripts (``experiments/``): the runs and commands each builds per scale (exact), skip/resume on
+fake run folders with a fake ``train.py``, and one tiny end-to-end run of the probe through its real CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import common, cql_vs_dr3, sarsa_vs_td, sensitivity  # noqa: E402
+
+CFG = ROOT / "configs" / "experiments"
+
+
+def plan(module, *argv):
+    args = module.build_parser().parse_args(list(argv))
+    return module.plan(args)
+
+
+def by_name(runs):
+    return {r.name: r for r in runs}
+
+
+# -- the commands each script builds ------------------------------------------------------------------
+
+def test_probe_cpu_runs_and_exact_command():
+    scale, runs = plan(sarsa_vs_td, "--scale", "cpu")
+    assert (scale.image_size, scale.max_steps, scale.batch_size, scale.seeds) == (48, 3000, 64, (0, 1))
+    assert [r.name for r in runs] == ["sarsa_s0", "sarsa_s1", "td_s0", "td_s1"]
+    td = by_name(runs)["td_s1"]
+    assert td.out_dir == Path("runs/study/sarsa_vs_td/cpu/td_s1")
+    assert td.dataset.path == Path("data/lift_mixed_48px_50ep.hdf5")
+    assert td.command()[:2] == [sys.executable, str(ROOT / "train.py")]
+    assert list(td.train_args) == [
+        "--config", str(CFG / "probe.yaml"), "--task", "lift", "--dataset", "data/lift_mixed_48px_50ep.hdf5",
+        "--output-dir", "runs/study/sarsa_vs_td/cpu/td_s1", "--seed", "1", "--max-steps", "3000",
+        "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
+        "--eval-every", "0", "--resume", "auto", "--algo.bc_warmup_steps", "3000", "--backup", "td"]
+    sarsa = by_name(runs)["sarsa_s0"].train_args
+    assert sarsa[-4:] == ("--algo.bc_warmup_steps", "3000", "--backup", "sarsa")
+
+
+def test_probe_gpu_scale_and_overrides():
+    scale, runs = plan(sarsa_vs_td, "--scale", "gpu")
+    assert (scale.image_size, scale.max_steps, scale.batch_size, scale.seeds, scale.episodes) == \
+        (84, 100_000, 256, (0, 1, 2), 200)
+    assert len(runs) == 6 and runs[0].dataset.path == Path("data/lift_mixed_84px_200ep.hdf5")
+    assert runs[0].out_dir == Path("runs/study/sarsa_vs_td/gpu/sarsa_s0")
+    a = runs[0].train_args
+    assert a[a.index("--max-steps") + 1] == "100000" and a[a.index("--algo.bc_warmup_steps") + 1] == "100000"
+    # smoke overrides: every size follows, the BC warm-up follows --max-steps, extra flags come last
+    scale, runs = plan(sarsa_vs_td, "--scale", "gpu", "--seeds", "7", "--max-steps", "4", "--image-size", "32",
+                       "--episodes", "2", "--horizon", "20", "--out-root", "o", "--data-dir", "d",
+                       "--train-args", "--model.feature_dim 32 --model.hidden_dims '[32, 32]'")
+    assert [r.name for r in runs] == ["sarsa_s7", "td_s7"]
+    assert runs[1].dataset.path == Path("d/lift_mixed_32px_2ep_h20.hdf5")
+    assert list(runs[1].train_args) == [
+        "--config", str(CFG / "probe.yaml"), "--task", "lift", "--dataset", "d/lift_mixed_32px_2ep_h20.hdf5",
+        "--output-dir", "o/td_s7", "--seed", "7", "--max-steps", "4", "--batch-size", "256",
+        "--model.encoder", "drq", "--log-every", "100", "--checkpoint-every", "5000", "--eval-every", "0",
+        "--resume", "auto", "--algo.bc_warmup_steps", "4", "--backup", "td",
+        "--model.feature_dim", "32", "--model.hidden_dims", "[32, 32]"]
+    assert runs[1].dataset.command(2)[2:] == [
+        "visual_dr3.data.generate", "--task", "lift", "--kind", "mixed", "--episodes", "2", "--image-size", "32",
+        "--out", "d/lift_mixed_32px_2ep_h20.hdf5", "--workers", "2", "--horizon", "20"]
+
+
+def test_cql_vs_dr3_cpu_and_gpu_runs():
+    scale, runs = plan(cql_vs_dr3, "--scale", "cpu")
+    assert (scale.image_size, scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds) == \
+        (48, 1500, 500, 20, (0, 1, 2))
+    assert len(runs) == 12 and {r.group for r in runs} == {"lift_mixed", "lift_cog"}
+    r = by_name(runs)["lift_cog/dr3_s2"]
+    assert list(r.train_args) == [
+        "--config", str(CFG / "cql_vs_dr3_cog.yaml"), "--task", "lift", "--dataset", "data/lift_cog_48px_50ep.hdf5",
+        "--output-dir", "runs/study/cql_vs_dr3/cpu/lift_cog/dr3_s2", "--seed", "2", "--max-steps", "1500",
+        "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
+        "--eval-every", "500", "--eval-episodes", "20", "--eval-workers", "2", "--resume", "auto",
+        "--algo.bc_warmup_steps", "150", "--dr3-coef", "0.01"]
+    m = by_name(runs)["lift_mixed/cql_s0"]
+    assert m.train_args[:2] == ("--config", str(CFG / "cql_vs_dr3_mixed.yaml"))
+    assert m.train_args[-2:] == ("--dr3-coef", "0") and "--algo.bc_warmup_steps" not in m.train_args
+
+    scale, runs = plan(cql_vs_dr3, "--scale", "gpu")
+    assert (scale.image_size, scale.max_steps, scale.batch_size, scale.eval_every, scale.eval_episodes) == \
+        (84, 100_000, 256, 10_000, 50)
+    assert len(runs) == 24  # 2 tasks x 2 kinds x 2 conditions x 3 seeds
+    assert [g for g in dict.fromkeys(r.group for r in runs)] == \
+        ["lift_mixed", "lift_cog", "pick_place_mixed", "pick_place_cog"]
+    p = by_name(runs)["pick_place_cog/cql_s1"]
+    assert p.dataset.path == Path("data/pick_place_cog_84px_200ep.hdf5")
+    assert p.train_args[-4:] == ("--algo.bc_warmup_steps", "10000", "--dr3-coef", "0")
+    # the evaluation cadence never exceeds the steps (a smoke run still evaluates at its end)
+    scale, runs = plan(cql_vs_dr3, "--max-steps", "4", "--tasks", "pick_place", "--kinds", "mixed",
+                       "--horizon", "10")
+    a = runs[0].train_args
+    assert len(runs) == 6 and a[a.index("--eval-every") + 1] == "4" and a[a.index("--eval-horizon") + 1] == "10"
+
+
+def test_sensitivity_runs_and_reports():
+    scale, runs = plan(sensitivity, "--scale", "cpu")
+    assert scale.seeds == (0, 1)
+    assert [r.condition for r in runs[::2]] == ["c0_0_encoder", "c0_0.001_encoder", "c0_0.01_encoder",
+                                                "c0_0.1_encoder", "c0_0.01_penultimate"]
+    r = by_name(runs)["c0_0.01_penultimate_s1"]
+    assert list(r.train_args) == [
+        "--config", str(CFG / "sensitivity.yaml"), "--task", "lift", "--dataset", "data/lift_mixed_48px_50ep.hdf5",
+        "--output-dir", "runs/study/sensitivity/cpu/c0_0.01_penultimate_s1", "--seed", "1", "--max-steps", "1500",
+        "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
+        "--eval-every", "750", "--eval-episodes", "20", "--eval-workers", "2", "--resume", "auto",
+        "--dr3-coef", "0.01", "--dr3.features", "penultimate"]
+    args = sensitivity.build_parser().parse_args(["--scale", "gpu", "--features-coef", "0.03"])
+    scale, runs = sensitivity.plan(args)
+    assert len(runs) == 3 * 6  # four sweep values + the encoder run at 0.03 + penultimate at 0.03
+    specs, index, _ = sensitivity.reports(args, scale, runs)
+    assert index == Path("reports/sensitivity/gpu")
+    assert [s.out for s in specs] == [Path("reports/sensitivity/gpu/c0_sweep"),
+                                      Path("reports/sensitivity/gpu/features")]
+    assert [s.group_by for s in specs] == ["dr3.coef", "dr3.features"]
+    assert len(specs[0].runs) == 15 and {r.condition for r in specs[1].runs} == {"c0_0.03_encoder",
+                                                                                  "c0_0.03_penultimate"}
+    assert "GPU scale: 84x84 images" in specs[0].title
+
+
+def test_bad_options_are_argparse_errors(capsys):
+    for argv in (["--max-steps", "0"], ["--seeds", "1", "1"], ["--scale", "tpu"], ["--jobs", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            sarsa_vs_td.main(argv + ["--dry-run"])
+        assert e.value.code == 2, argv
+
+
+def test_dry_run_prints_commands_and_touches_nothing(tmp_path, capsys):
+    code = sarsa_vs_td.main(["--dry-run", "--data-dir", str(tmp_path / "d"), "--out-root", str(tmp_path / "r"),
+                             "--report", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert code == 0 and list(tmp_path.iterdir()) == []
+    assert "would generate: python -m visual_dr3.data.generate --task lift --kind mixed --episodes 50" in out
+    assert out.count(" new: python ") == 4 and "--backup td" in out and "would build from 4 run folders" in out
+
+
+# -- skip / resume ------------------------------------------------------------------------------------
+
+FAKE_TRAIN = textwrap.dedent('''
+    """A stand-in for train.py: writes a run folder, records its argv, exits with --fake-rc after --fake-sleep."""
+    import signal, sys, time
+    from pathlib import Path
+    argv = sys.argv[1:]
+    get = lambda k, d=None: argv[argv.index(k) + 1] if k in argv else d
+    out = Path(get("--output-dir"))
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "calls.txt", "a") as f:
+        f.write(out.name + " " + " ".join(argv) + "\\n")
+    (out / "config.yaml").write_text("seed: 0\\n")
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    deadline = time.time() + float(get("--fake-sleep", 0))
+    while time.time() < deadline:
+        time.sleep(0.02)
+    (out / "checkpoints" / "last.ckpt").write_text("x")
+    print("fake train done")
+    sys.exit(int(get("--fake-rc", 0)))
+''')
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(common, "TRAIN_PY", script)
+    return script
+
+
+def fake_run(root: Path, name: str, rc: int = 0, sleep: float = 0.0, max_steps: int = 10) -> common.RunSpec:
+    out = root / name
+    data = common.DatasetSpec("lift", "mixed", 32, 2, root / "data")
+    args = ("--output-dir", str(out), "--max-steps", str(max_steps), "--resume", "auto",
+            "--fake-rc", str(rc), "--fake-sleep", str(sleep))
+    return common.RunSpec(name=name, group="g", condition=name, seed=0, out_dir=out, dataset=data,
+                          max_steps=max_steps, train_args=args)
+
+
+def calls(root: Path) -> list[str]:
+    p = root / "calls.txt"
+    return [ln.split()[0] for ln in p.read_text().splitlines()] if p.exists() else []
+
+
+def test_run_state_on_fake_folders(tmp_path):
+    d = tmp_path / "r"
+    assert common.run_state(d, 10) == "new"
+    d.mkdir()
+    (d / "train.log").write_text("")
+    assert common.run_state(d, 10) == "new"  # a log alone is no run
+    (d / "config.yaml").write_text("seed: 0\n")
+    assert common.run_state(d, 10) == "partial"
+    (d / "experiment.json").write_text(json.dumps({"status": "done", "max_steps": 10}))
+    assert common.run_state(d, 10) == "done"
+    assert common.run_state(d, 20) == "partial"  # more steps asked for: continue from the checkpoint
+    (d / "experiment.json").write_text(json.dumps({"status": "diverged", "max_steps": 10}))
+    assert common.run_state(d, 10) == "diverged"
+    (d / "experiment.json").write_text("{not json")
+    assert common.run_state(d, 10) == "partial"
+
+
+def test_runner_marks_skips_and_resumes(tmp_path, fake_train, capsys):
+    root = tmp_path / "runs"
+    runs = [fake_run(root, "ok"), fake_run(root, "div", rc=3), fake_run(root, "bad", rc=1)]
+    res = common.Runner(runs).run_all()
+    assert [r.status for r in res] == ["done", "diverged", "failed (exit 1)"]
+    assert calls(root) == ["ok", "div", "bad"]
+    assert json.loads((root / "ok" / "experiment.json").read_text())["status"] == "done"
+    assert json.loads((root / "div" / "experiment.json").read_text())["max_steps"] == 10
+    assert not (root / "bad" / "experiment.json").exists()
+    assert "fake train done" in (root / "ok" / "train.log").read_text()
+    assert common.summarize(res) == 1
+    # second pass: the finished and diverged runs are skipped, the failed one is resumed (--resume auto)
+    runs[2] = fake_run(root, "bad", rc=0)
+    res = common.Runner(runs).run_all()
+    assert [r.status for r in res] == ["skipped-done", "skipped-diverged", "done"]
+    assert calls(root) == ["ok", "div", "bad", "bad"]
+    line = (root / "calls.txt").read_text().splitlines()[-1]
+    assert "--resume auto" in line
+    assert common.summarize(res) == 0
+    out = capsys.readouterr().out
+    assert "skip" in out and "resume" in out and "== study summary ==" in out
+
+
+def test_runner_parallel_jobs_and_sigterm_stops_scheduling(tmp_path, fake_train):
+    root = tmp_path / "runs"
+    runs = [fake_run(root, f"r{i}", sleep=0.3) for i in range(4)]
+    res = common.Runner(runs, jobs=2).run_all()
+    assert [r.status for r in res] == ["done"] * 4
+    # a signal while runs are going: forwarded to the running train.py (exit 143), nothing new starts
+    root2 = tmp_path / "runs2"
+    runs = [fake_run(root2, f"s{i}", sleep=30) for i in range(3)]
+    runner = common.Runner(runs, jobs=1)
+    threading.Timer(1.5, runner.signal_children, args=(signal.SIGTERM,)).start()
+    t0 = time.time()
+    res = runner.run_all()
+    assert time.time() - t0 < 15
+    assert [r.status for r in res] == ["stopped", "not started", "not started"]
+    assert not (root2 / "s0" / "experiment.json").exists()
+    assert common.run_state(root2 / "s0", 10) == "partial"
+    assert common.summarize(res) == 1
+
+
+# -- end to end: the probe through its real CLI ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_probe_end_to_end_tiny(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    argv = [sys.executable, str(ROOT / "experiments" / "sarsa_vs_td.py"), "--seeds", "0", "--image-size", "32",
+            "--episodes", "2", "--horizon", "20", "--max-steps", "4", "--batch-size", "8", "--jobs", "2",
+            "--data-dir", "data", "--out-root", "runs", "--report", "rep",
+            "--train-args", "--model.feature_dim 32 --model.hidden_dims [32,32] --log-every 1"]
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert (tmp_path / "data" / "lift_mixed_32px_2ep_h20.hdf5").is_file()
+    for name, backup in (("sarsa_s0", "sarsa"), ("td_s0", "td")):
+        d = tmp_path / "runs" / name
+        for f in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "train.log", "experiment.json"):
+            assert (d / f).is_file(), (name, f)
+        cfg = (d / "config.yaml").read_text()
+        assert f"backup: {backup}" in cfg and "min_q_weight: 0.0" in cfg and "bc_warmup_steps: 4" in cfg
+        assert json.loads((d / "experiment.json").read_text())["status"] == "done"
+    page = (tmp_path / "rep" / "index.md").read_text()
+    assert "SARSA vs TD probe on lift/mixed (CPU scale: 32x32 images" in page
+    assert "algo.backup=sarsa" in page and "algo.backup=td" in page
+    assert (tmp_path / "rep" / "dr3_dot.png").is_file() and (tmp_path / "rep" / "srank.png").is_file()
+    assert "== study summary ==" in r.stdout and "2 done" in r.stdout
+    # the same command again skips both runs and rebuilds the report
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("skip runs/") == 2 and "2 skipped-done" in r.stdout
+
+
+@pytest.mark.parametrize("module", [sarsa_vs_td, cql_vs_dr3, sensitivity])
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_every_condition_parses_with_train_py_parser(module, scale):
+    """train.py's own parser (defaults < configs/<task>.yaml < --config < flags) accepts each condition's
+    command and gives the intended config."""
+    from visual_dr3.learner.cli_args import parse_train_args
+
+    _, runs = plan(module, "--scale", scale)
+    seen = {}
+    for r in runs:
+        seen.setdefault((r.group, r.condition), r)
+    for (group, cond), r in seen.items():
+        cfg = parse_train_args(list(r.train_args), configs_dir=ROOT / "configs")
+        assert cfg.max_steps == r.max_steps and cfg.seed == r.seed and cfg.wandb == "off" and not cfg.progress
+        assert cfg.output_dir == str(r.out_dir) and cfg.resume == "auto"
+        assert cfg.batch_size == (64 if scale == "cpu" else 256)
+        if module is sarsa_vs_td:
+            assert (cfg.algo.backup, cfg.cql.min_q_weight, cfg.dr3.coef) == (cond, 0.0, 0.0)
+            assert cfg.algo.bc_warmup_steps == cfg.max_steps and cfg.eval_every == 0
+        elif module is cql_vs_dr3:
+            assert cfg.cql.min_q_weight == 1.0 and cfg.dr3.coef == (0.0 if cond == "cql" else 0.01)
+            assert cfg.eval_every > 0 and cfg.eval_episodes >= 20
+            if group.endswith("_cog"):
+                assert [(s.filter_key, s.weight) for s in cfg.data.sources] == [("prior", 0.5), ("task", 0.5)]
+                assert cfg.algo.bc_warmup_steps == cfg.max_steps // 10
+            else:
+                assert [(s.filter_key, s.weight) for s in cfg.data.sources] == [(None, None)]
+                assert cfg.algo.bc_warmup_steps == 0
+        else:
+            coef, feats = cond.split("_")[1:]
+            assert (cfg.dr3.coef, cfg.dr3.features) == (float(coef), feats) and cfg.cql.min_q_weight == 1.0

@@ -1,0 +1,67 @@
+"""``metrics.csv`` that survives a resume.
+
+Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts in a folder that holds one, so a
+run resumed with ``--resume`` would lose every row logged before the interruption. :class:`RunCSVLogger`
+keeps them: on a resume from a checkpoint at global step ``G`` it keeps the rows of steps below ``G`` (rows
+of later steps, logged after that checkpoint was written, are dropped: the resumed run logs those steps
+again) and appends the new rows after them, under the union of the old and new columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Optional
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from visual_dr3.fileio import write_text_atomic
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's writer, but the rows of steps below ``keep_below`` of an existing file are kept."""
+
+    def __init__(self, log_dir: str, keep_below: Optional[int]):
+        path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        kept, keys = [], []
+        if keep_below is not None and os.path.isfile(path):
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                keys = list(reader.fieldnames or [])
+                kept = [row for row in reader if row.get("step") not in (None, "")
+                        and int(float(row["step"])) < keep_below]
+        super().__init__(log_dir)  # removes the old file
+        if kept:
+            self.metrics_keys = sorted(keys)  # Lightning keeps its columns sorted
+            write_text_atomic(path, _rows_to_csv(self.metrics_keys, kept))
+
+
+def _rows_to_csv(keys: list[str], rows: list[dict]) -> str:
+    import io
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger(save_dir, name="", version="")`` writing ``<save_dir>/metrics.csv``; ``resume_step`` = the
+    global step of the checkpoint a run resumes from (None for a fresh run: an old file is replaced);
+    rows are written to disk every ``flush_every`` steps (train.py: every log step) and at the end."""
+
+    def __init__(self, save_dir: str, resume_step: Optional[int] = None, flush_every: int = 100):
+        super().__init__(save_dir=save_dir, name="", version="", flush_logs_every_n_steps=flush_every)
+        self._resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _KeepingWriter(self.log_dir, self._resume_step)
+        return self._experiment
