@@ -24,18 +24,22 @@ class _KeepingWriter(ExperimentWriter):
     """Lightning's writer, but the rows of steps below ``keep_below`` of an existing file are kept."""
 
     def __init__(self, log_dir: str, keep_below: Optional[int]):
-        path = os.path.join(log_dir, self.NAME_METRICS_FILE)
-        kept, keys = [], []
-        if keep_below is not None and os.path.isfile(path):
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                keys = list(reader.fieldnames or [])
-                kept = [row for row in reader if row.get("step") not in (None, "")
-                        and int(float(row["step"])) < keep_below]
-        super().__init__(log_dir)  # removes the old file
-        if kept:
-            self.metrics_keys = sorted(keys)  # Lightning keeps its columns sorted
-            write_text_atomic(path, _rows_to_csv(self.metrics_keys, kept))
+        self._keep_below = keep_below
+        super().__init__(log_dir)  # calls _check_log_dir_exists
+
+    def _check_log_dir_exists(self) -> None:
+        path = self.metrics_file_path
+        if self._keep_below is None or not os.path.isfile(path):
+            super()._check_log_dir_exists()  # a fresh run: Lightning replaces an old file
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            kept = [row for row in reader
+                    if row.get("step") not in (None, "") and int(float(row["step"])) < self._keep_below]
+        self.metrics_keys = sorted(keys)  # Lightning keeps its columns sorted
+        # atomically: a crash here leaves the old file or the kept rows, never neither
+        write_text_atomic(path, _rows_to_csv(self.metrics_keys, kept))
 
 
 def _rows_to_csv(keys: list[str], rows: list[dict]) -> str:
