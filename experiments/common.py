@@ -207,6 +207,9 @@ def base_parser(experiment: str, description: str, scales: dict[str, Scale]) -> 
                    help="override the scale's evaluation episodes")
     p.add_argument("--train-args", type=str, default="", metavar="FLAGS",
                    help="extra train.py flags for every run, one quoted string, e.g. '--model.feature_dim 64'")
+    p.add_argument("--findings", type=Path, default=None, metavar="FILE",
+                   help="markdown with what the runs show (did DR3 help, where not), placed under 'Findings' at "
+                        "the top of the report page (the index page when there are several)")
     return p
 
 
@@ -224,6 +227,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         shlex.split(args.train_args)
     except ValueError as e:
         p.error(f"--train-args: {e}")
+    if args.findings is not None and not args.findings.is_file():
+        p.error(f"--findings {args.findings}: no such file; expected a markdown file")
+    if args.findings is not None and not args.findings.read_text(encoding="utf-8").strip():
+        p.error(f"--findings {args.findings}: the file is empty; expected the study's findings in markdown")
 
 
 def roots(args: argparse.Namespace, experiment: str) -> tuple[Path, Path]:
@@ -434,9 +441,10 @@ class ReportSpec:
 
 
 def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, index_title: str = "",
-                  dry_run: bool = False) -> list[Path]:
+                  dry_run: bool = False, findings: Optional[str] = None) -> list[Path]:
     """Build each report from its run folders that hold ``config.yaml`` and ``metrics.csv``; with ``index``,
-    also a page linking them with their tables. Returns the pages written."""
+    also a page linking them with their tables. ``findings`` (markdown) goes on the index page, or on the
+    report page when there is no index. Returns the pages written."""
     pages = []
     sections = []
     for rep in reports:
@@ -455,7 +463,8 @@ def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, i
         from visual_dr3.report import build_report
 
         try:
-            res = build_report(ready, str(rep.out), title=rep.title, group_by=rep.group_by, verbose=False)
+            res = build_report(ready, str(rep.out), title=rep.title, group_by=rep.group_by, verbose=False,
+                               findings=findings if index is None else None)
         except UserError as e:
             say(f"report {rep.out}: error: {e}")
             continue
@@ -464,16 +473,20 @@ def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, i
         pages.append(Path(res["page"]))
         sections.append((rep, res))
     if index is not None and sections and not dry_run:
-        pages.append(write_index(index, index_title, sections))
+        pages.append(write_index(index, index_title, sections, findings))
     return pages
 
 
-def write_index(out: Path, title: str, sections: Sequence[tuple[ReportSpec, dict]]) -> Path:
-    """``<out>/index.md``: the experiment's title and, per report, a link to its page and its table."""
+def write_index(out: Path, title: str, sections: Sequence[tuple[ReportSpec, dict]],
+                findings: Optional[str] = None) -> Path:
+    """``<out>/index.md``: the experiment's title, the findings, and per report a link to its page and its
+    table."""
     from visual_dr3.fileio import write_text_atomic
     from visual_dr3.report.page import table
 
     lines = [f"# {title}", ""]
+    if findings:
+        lines += ["## Findings", "", findings.strip(), ""]
     for rep, res in sections:
         rel = os.path.relpath(Path(res["page"]).resolve(), Path(out).resolve())
         lines += [f"## {rep.name or rep.title}", "", f"[{rep.title}]({Path(rel).as_posix()})", ""]
@@ -501,8 +514,11 @@ def main_flow(runs: Sequence[RunSpec], scale: Scale, reports: ReportsFn, args: a
     results = Runner(runs, scale.jobs).run_all()
     code = summarize(results)
     if not args.no_report:
+        from visual_dr3.report import read_findings
+
+        findings = read_findings(str(args.findings)) if args.findings is not None else None
         specs, index, index_title = reports()
-        for page in build_reports(specs, index, index_title):
+        for page in build_reports(specs, index, index_title, findings=findings):
             say(f"report page: {page}")
     return code
 

@@ -132,7 +132,8 @@ def test_sensitivity_runs_and_reports():
 
 
 def test_bad_options_are_argparse_errors(capsys):
-    for argv in (["--max-steps", "0"], ["--seeds", "1", "1"], ["--scale", "tpu"], ["--jobs", "-1"]):
+    for argv in (["--max-steps", "0"], ["--seeds", "1", "1"], ["--scale", "tpu"], ["--jobs", "-1"],
+                 ["--findings", "/nonexistent/findings.md"]):
         with pytest.raises(SystemExit) as e:
             sarsa_vs_td.main(argv + ["--dry-run"])
         assert e.value.code == 2, argv
@@ -275,10 +276,15 @@ def test_probe_end_to_end_tiny(tmp_path):
     assert "algo.backup=sarsa" in page and "algo.backup=td" in page
     assert (tmp_path / "rep" / "dr3_dot.png").is_file() and (tmp_path / "rep" / "srank.png").is_file()
     assert "== study summary ==" in r.stdout and "2 done" in r.stdout
-    # the same command again skips both runs and rebuilds the report
-    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "## Findings" not in page
+    # the same command again skips both runs and rebuilds the report, now with the author's findings on top
+    (tmp_path / "findings.md").write_text("Four steps show nothing yet.\n")
+    r = subprocess.run(argv + ["--findings", "findings.md"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("skip runs/") == 2 and "2 skipped-done" in r.stdout
+    page = (tmp_path / "rep" / "index.md").read_text()
+    assert page.index("## Findings\n\nFour steps show nothing yet.\n") < page.index("## Setup")
 
 
 @pytest.mark.parametrize("module", [sarsa_vs_td, cql_vs_dr3, sensitivity])

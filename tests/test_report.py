@@ -103,6 +103,8 @@ def test_aggregated_numbers(study):
     assert a.finals["dr3_dot"] == (pytest.approx(5.0), pytest.approx(1.0), 2)
     assert a.finals["srank"] == (pytest.approx(11.0), pytest.approx(1.0), 2)
     assert a.finals["q_mean"] == (pytest.approx(1.5), pytest.approx(0.5), 2)
+    # dr3_dot last/first: 4/2 and 6/3 -> 2 ± 0
+    assert a.dot_growth == (pytest.approx(2.0), pytest.approx(0.0), 2)
     # final evaluations 6/10 and 3/10; best 6/10 and 5/10 (from the JSONs)
     assert a.final_success == (pytest.approx(0.45), pytest.approx(0.15), 2)
     assert a.best_success == (pytest.approx(0.55), pytest.approx(0.05), 2)
@@ -133,9 +135,11 @@ def test_report_files_and_page(study, tmp_path):
     assert res["page"] == out / "index.md"
     lo, hi = wilson_by_hand(9, 20)
     assert (f"| algo.backup=td, dr3.coef=0.01 | 2 (0,1) | 0.450 ± 0.150 | 9/20 [{lo:.3f}, {hi:.3f}] "
-            f"| 0.550 ± 0.050 | 5 ± 1 | 11 ± 1 | 1.5 ± 0.5 |") in md
-    assert "| algo.backup=td, dr3.coef=0.0 | 1 (0) | 0.250 ± 0.000 | - | 0.250 ± 0.000 | 20 ± 0 | 5 ± 0 | 9 ± 0 |" in md
-    assert "| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | 2.5 ± 0 | 12 ± 0 | 0.8 ± 0 |" in md
+            f"| 0.550 ± 0.050 | 5 ± 1 | 2 ± 0 | 11 ± 1 | 1.5 ± 0.5 |") in md
+    assert ("| algo.backup=td, dr3.coef=0.0 | 1 (0) | 0.250 ± 0.000 | - | 0.250 ± 0.000 | 20 ± 0 | 2.5 ± 0 "
+            "| 5 ± 0 | 9 ± 0 |") in md
+    assert "| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | 2.5 ± 0 | 1 ± 0 | 12 ± 0 | 0.8 ± 0 |" in md
+    assert "## Findings" not in md  # only when --findings is given
     for name in pngs:
         assert f"]({name})" in md  # embedded by relative path
     assert "# Fake study" in md
@@ -155,6 +159,21 @@ def test_cli_subprocess_and_bad_input(study, tmp_path):
     md = (out / "index.md").read_text()
     assert "| all runs | 2 (0,1) |" in md
     assert f"--out {out} --title T" in md  # the command line that regenerates it
+
+    findings = tmp_path / "findings.md"
+    findings.write_text("DR3 kept the dot product flat.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    p = subprocess.run(cmd + ["--findings", str(findings)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    md = (out / "index.md").read_text()
+    head, _, rest = md.partition("## Findings\n\nDR3 kept the dot product flat.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert head.startswith("# T\n") and "## Setup" in rest and "## Setup" not in head
+    for bad_findings, why in ((tmp_path / "none.md", "no such file"), (tmp_path / "empty.md", "the file is empty")):
+        if bad_findings.name == "empty.md":
+            bad_findings.write_text("  \n")
+        b = subprocess.run(cmd + ["--findings", str(bad_findings)], capture_output=True, text=True, timeout=120)
+        assert b.returncode == 2 and b.stderr.strip().splitlines()[-1] == (
+            f"error: --findings {bad_findings}: {why}; expected " +
+            ("a markdown file" if why == "no such file" else "the study's findings in markdown"))
 
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()

@@ -2,6 +2,10 @@
 markdown page (``index.md``) with the setup, a per-condition table and the training curves.
 
     python -m visual_dr3.report runs/a runs/b ... --out reports/NAME [--title T] [--group-by dr3.coef]
+        [--findings FINDINGS.md]
+
+The numbers come from the runs; what they mean (did DR3 help, where not, what limits the runs) is the
+author's, written in a markdown file passed as ``--findings`` and placed at the top of the page.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Optional, Sequence
 from visual_dr3.errors import UserError, cli_entry
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 
-__all__ = ["build_report", "main"]
+__all__ = ["build_report", "main", "read_findings"]
 
 
 def _say(line: str) -> None:
@@ -22,9 +26,9 @@ def _say(line: str) -> None:
 
 
 def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", group_by: Optional[str] = None,
-                 command: Optional[str] = None, verbose: bool = True) -> dict:
-    """Read ``run_dirs``, write ``<out>/index.md`` and ``<out>/*.png``; returns
-    ``{"page", "plots", "conditions", "summaries", "runs"}``."""
+                 command: Optional[str] = None, verbose: bool = True, findings: Optional[str] = None) -> dict:
+    """Read ``run_dirs``, write ``<out>/index.md`` and ``<out>/*.png``; ``findings`` (markdown) goes under
+    "Findings" at the top. Returns ``{"page", "plots", "conditions", "summaries", "runs"}``."""
     from visual_dr3.report.page import render
     from visual_dr3.report.plots import plot_all
     from visual_dr3.report.runs import group_runs, read_run, summarize_condition
@@ -45,7 +49,8 @@ def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", gr
     if command is None:
         command = shlex.join(["python", "-m", "visual_dr3.report", *map(str, run_dirs), "--out", str(out),
                               "--title", title] + (["--group-by", group_by] if group_by else []))
-    page = write_text_atomic(out_dir / "index.md", render(title, runs, conds, summaries, plots, out_dir, command))
+    page = write_text_atomic(out_dir / "index.md", render(title, runs, conds, summaries, plots, out_dir, command,
+                                                          findings))
     if verbose:
         _say(f"report: {page} ({len(runs)} runs, {len(conds)} conditions, {len(plots)} plots)")
     return {"page": page, "plots": plots, "conditions": conds, "summaries": summaries, "runs": runs}
@@ -60,7 +65,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--group-by", dest="group_by", default=None,
                    help="config key (dotted, e.g. dr3.coef) that defines the conditions; default: every config "
                         "field that differs across the runs (seed and paths excluded)")
+    p.add_argument("--findings", default=None, metavar="FILE",
+                   help="markdown file with the findings (what the runs show, whether DR3 helped), placed under "
+                        "'Findings' at the top of the page")
     a = p.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     build_report(a.run_dirs, a.out, title=a.title, group_by=a.group_by,
-                 command=shlex.join(["python", "-m", "visual_dr3.report", *argv]))
+                 command=shlex.join(["python", "-m", "visual_dr3.report", *argv]),
+                 findings=read_findings(a.findings) if a.findings else None)
+
+
+def read_findings(path: str) -> str:
+    """The text of a ``--findings`` file; a one-line :class:`UserError` when it is missing or empty."""
+    from pathlib import Path
+
+    f = Path(path)
+    if not f.is_file():
+        raise UserError(f"--findings {path}: no such file; expected a markdown file")
+    text = f.read_text(encoding="utf-8").strip()
+    if not text:
+        raise UserError(f"--findings {path}: the file is empty; expected the study's findings in markdown")
+    return text

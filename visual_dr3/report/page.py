@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from visual_dr3.report.runs import Condition, Run, Summary, fmt_value
 from visual_dr3.report.plots import PLOT_METRICS
@@ -29,12 +29,12 @@ def fmt_pooled(p) -> str:
 
 def table(summaries: Sequence[Summary]) -> list[str]:
     head = ["condition", "seeds", "final success", "pooled final 95% Wilson", "best success",
-            "final dr3_dot", "final srank", "final q_mean"]
+            "final dr3_dot", "dr3_dot final/first", "final srank", "final q_mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         seeds = ",".join(fmt_value(x) for x in s.seeds)
         row = [s.label, f"{len(s.seeds)} ({seeds})", fmt_ms(s.final_success, ".3f"), fmt_pooled(s.pooled),
-               fmt_ms(s.best_success, ".3f"), fmt_ms(s.finals["dr3_dot"]), fmt_ms(s.finals["srank"]),
+               fmt_ms(s.best_success, ".3f"), fmt_ms(s.finals["dr3_dot"]), fmt_ms(s.dot_growth, ".3g"), fmt_ms(s.finals["srank"]),
                fmt_ms(s.finals["q_mean"])]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     return lines
@@ -75,15 +75,18 @@ def setup(runs: Sequence[Run], command: str) -> list[str]:
 
 
 def render(title: str, runs: Sequence[Run], conds: Sequence[Condition], summaries: Sequence[Summary],
-           plots: Mapping[str, Path], out_dir: Path, command: str) -> str:
+           plots: Mapping[str, Path], out_dir: Path, command: str, findings: Optional[str] = None) -> str:
     lines = [f"# {title}", "",
              f"{len(runs)} run(s) in {len(conds)} condition(s); seeds (config `seed`) are replicates.", ""]
+    if findings:
+        lines += ["## Findings", "", findings.strip(), ""]
     lines += setup(runs, command)
     lines += ["## Results per condition", "",
               "Success rates: mean ± std across seeds of each seed's final (last) and best evaluation; the "
               "pooled interval is the 95% Wilson interval over all final-evaluation episodes of the "
               "condition's seeds (successes/episodes). dr3_dot, srank, q_mean: last logged value, mean ± std "
-              "(ddof=0) across seeds. `-`: not logged (e.g. no evaluation in a SARSA probe run).", ""]
+              "(ddof=0) across seeds; dr3_dot final/first: each seed's last logged phi(s,a)·phi(s',a') over "
+              "its first, mean ± std (the growth DR3 is meant to stop). `-`: not logged (e.g. no evaluation in a SARSA probe run).", ""]
     lines += table(summaries)
     lines += ["", "## Training curves", "",
               "Line: mean across a condition's seeds at each logged step; shaded band: min-max across seeds.", ""]

@@ -246,6 +246,7 @@ class Summary:
     best_success: tuple[float, float, int]
     pooled: Optional[tuple[int, int, float, float]]  # successes, episodes, low, high (final evaluations)
     finals: dict[str, tuple[float, float, int]]
+    dot_growth: tuple[float, float, int] = (math.nan, math.nan, 0)  # dr3_dot last / first logged, per seed
 
 
 TABLE_METRICS = ("dr3_dot", "srank", "q_mean")
@@ -261,4 +262,13 @@ def summarize_condition(cond: Condition) -> Summary:
         succ, n = sum(e.successes for e in last), sum(e.episodes for e in last)
         pooled = (succ, n, *wilson_interval(succ, n))
     return Summary(label=cond.label, seeds=[r.seed for r in cond.runs], final_success=final_sr,
-                   best_success=best_sr, pooled=pooled, finals=finals)
+                   best_success=best_sr, pooled=pooled, finals=finals,
+                   dot_growth=mean_std([growth(r, "dr3_dot") for r in cond.runs]))
+
+
+def growth(run: Run, metric: str) -> float:
+    """Last logged value of ``metric`` over its first (NaN when not logged or the first is 0)."""
+    s = run.series.get(metric)
+    if s is None or not len(s[1]) or s[1][0] == 0:
+        return math.nan
+    return float(s[1][-1] / s[1][0])
