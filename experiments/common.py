@@ -441,10 +441,10 @@ class ReportSpec:
 
 
 def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, index_title: str = "",
-                  dry_run: bool = False, findings: Optional[str] = None) -> list[Path]:
+                  dry_run: bool = False, findings: Optional[Path] = None) -> list[Path]:
     """Build each report from its run folders that hold ``config.yaml`` and ``metrics.csv``; with ``index``,
-    also a page linking them with their tables. ``findings`` (markdown) goes on the index page, or on the
-    report page when there is no index. Returns the pages written."""
+    also a page linking them with their tables. The markdown file ``findings`` goes on the index page, or on
+    the report page when there is no index. Returns the pages written."""
     pages = []
     sections = []
     for rep in reports:
@@ -473,7 +473,10 @@ def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, i
         pages.append(Path(res["page"]))
         sections.append((rep, res))
     if index is not None and sections and not dry_run:
-        pages.append(write_index(index, index_title, sections, findings))
+        from visual_dr3.report import read_findings
+
+        text = read_findings(str(findings)) if findings is not None else None
+        pages.append(write_index(index, index_title, sections, text))
     return pages
 
 
@@ -514,11 +517,8 @@ def main_flow(runs: Sequence[RunSpec], scale: Scale, reports: ReportsFn, args: a
     results = Runner(runs, scale.jobs).run_all()
     code = summarize(results)
     if not args.no_report:
-        from visual_dr3.report import read_findings
-
-        findings = read_findings(str(args.findings)) if args.findings is not None else None
         specs, index, index_title = reports()
-        for page in build_reports(specs, index, index_title, findings=findings):
+        for page in build_reports(specs, index, index_title, findings=args.findings):
             say(f"report page: {page}")
     return code
 

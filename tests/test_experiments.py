@@ -285,6 +285,7 @@ def test_probe_end_to_end_tiny(tmp_path):
     assert r.stdout.count("skip runs/") == 2 and "2 skipped-done" in r.stdout
     page = (tmp_path / "rep" / "index.md").read_text()
     assert page.index("## Findings\n\nFour steps show nothing yet.\n") < page.index("## Setup")
+    assert "--group-by algo.backup --findings findings.md\n```" in page  # the command regenerates it whole
 
 
 @pytest.mark.parametrize("module", [sarsa_vs_td, cql_vs_dr3, sensitivity])

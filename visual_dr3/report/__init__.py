@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from visual_dr3.errors import UserError, cli_entry
@@ -26,9 +27,10 @@ def _say(line: str) -> None:
 
 
 def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", group_by: Optional[str] = None,
-                 command: Optional[str] = None, verbose: bool = True, findings: Optional[str] = None) -> dict:
-    """Read ``run_dirs``, write ``<out>/index.md`` and ``<out>/*.png``; ``findings`` (markdown) goes under
-    "Findings" at the top. Returns ``{"page", "plots", "conditions", "summaries", "runs"}``."""
+                 command: Optional[str] = None, verbose: bool = True, findings: "str | Path | None" = None) -> dict:
+    """Read ``run_dirs``, write ``<out>/index.md`` and ``<out>/*.png``; the text of the markdown file
+    ``findings`` goes under "Findings" at the top. Returns ``{"page", "plots", "conditions", "summaries",
+    "runs"}``."""
     from visual_dr3.report.page import render
     from visual_dr3.report.plots import plot_all
     from visual_dr3.report.runs import group_runs, read_run, summarize_condition
@@ -42,15 +44,17 @@ def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", gr
         if verbose:
             steps = max((int(s[0][-1]) for s in r.series.values() if len(s[0])), default=0)
             _say(f"read {r.path}: seed {r.seed}, {steps} steps, {len(r.evals)} evaluation(s)")
+    findings_text = read_findings(str(findings)) if findings is not None else None
     conds = group_runs(runs, group_by)
     summaries = [summarize_condition(c) for c in conds]
     out_dir = ensure_writable_dir(out, "--out")
     plots = plot_all(conds, out_dir, title)
     if command is None:
         command = shlex.join(["python", "-m", "visual_dr3.report", *map(str, run_dirs), "--out", str(out),
-                              "--title", title] + (["--group-by", group_by] if group_by else []))
+                              "--title", title] + (["--group-by", group_by] if group_by else [])
+                             + (["--findings", str(findings)] if findings is not None else []))
     page = write_text_atomic(out_dir / "index.md", render(title, runs, conds, summaries, plots, out_dir, command,
-                                                          findings))
+                                                          findings_text))
     if verbose:
         _say(f"report: {page} ({len(runs)} runs, {len(conds)} conditions, {len(plots)} plots)")
     return {"page": page, "plots": plots, "conditions": conds, "summaries": summaries, "runs": runs}
@@ -72,13 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     build_report(a.run_dirs, a.out, title=a.title, group_by=a.group_by,
                  command=shlex.join(["python", "-m", "visual_dr3.report", *argv]),
-                 findings=read_findings(a.findings) if a.findings else None)
+                 findings=a.findings)
 
 
 def read_findings(path: str) -> str:
     """The text of a ``--findings`` file; a one-line :class:`UserError` when it is missing or empty."""
-    from pathlib import Path
-
     f = Path(path)
     if not f.is_file():
         raise UserError(f"--findings {path}: no such file; expected a markdown file")
