@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -56,21 +55,6 @@ class Timing:
         """(max - min) / median: the relative range over the repetitions."""
         m = self.median
         return (max(self.samples) - min(self.samples)) / m if m else 0.0
-
-
-def repeat(fn: Callable[[], float], reps: int, warmup: int = 1) -> Timing:
-    """Call ``fn`` ``warmup`` times untimed, then ``reps`` times; ``fn`` returns the figure of one repetition."""
-    for _ in range(warmup):
-        fn()
-    return Timing([float(fn()) for _ in range(reps)])
-
-
-def rate(n: int, fn: Callable[[], None], sync: Callable[[], None] = lambda: None) -> float:
-    """``n`` / seconds of one call of ``fn`` (``sync`` runs before the clock stops, e.g. a CUDA synchronize)."""
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return n / (time.perf_counter() - t0)
 
 
 def ratio_row(case: str, measure: str, num: Timing, den: Timing, target: Optional[float] = None,

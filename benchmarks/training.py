@@ -71,15 +71,13 @@ def pipeline_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, device: 
 def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, device: str) -> Timing:
     """Steps/s of the same update on one batch that is sampled and augmented once (the compute-only bound).
 
-    Each step does what ``DR3CQL.training_step`` does: the update's forward, one backward, the gradient-norm
-    guard, the optimizer step and the Polyak update; only sampling and augmentation are gone.
+    Each step is ``DR3CQL.training_step`` without Lightning: ``backward_step`` (forward, backward, guarded
+    gradient norms, clipping) and ``optimizer_step`` (Adam, Polyak); only sampling and augmentation are gone.
     """
     from visual_dr3.envs.tasks import get_task
-    from visual_dr3.learner.datamodule import ReplayDataModule
-    from visual_dr3.learner.module import DR3CQL, grad_norm
-    from visual_dr3.learner.networks import polyak_update
+    from visual_dr3.learner.datamodule import ReplayDataModule, augment_batch
+    from visual_dr3.learner.module import DR3CQL
     from visual_dr3.learner.train import peek_dataset
-    from visual_dr3.learner.update import compute_update
 
     task = get_task(cfg.task)
     info = peek_dataset(Path(cfg.dataset), task.image_keys, task.proprio_keys)
@@ -95,8 +93,6 @@ def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, devic
     dm.setup()
     dm.replay = dm.replay.to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    from visual_dr3.learner.datamodule import augment_batch
-
     batch = augment_batch(dm.replay.sample(cfg.batch_size, gen), cfg.data.augment_pad, gen)
     autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16-mixed"
                 else torch.autocast(dev.type, enabled=False))
@@ -104,13 +100,8 @@ def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, devic
 
     def step(i: int) -> None:
         with autocast:
-            out = compute_update(module.nets(), batch, cfg, 10_000 + i, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        gn = torch.stack([grad_norm(module.critic_parameters()), grad_norm(module.actor_parameters())])
-        module._guard(i, out, torch.linalg.vector_norm(gn))
-        opt.step()
-        polyak_update(list(module.q_target.parameters()), list(module.q.parameters()), cfg.algo.tau)
+            module.backward_step(batch, 10_000 + i, opt, gen, lambda loss: loss.backward())
+        module.optimizer_step(opt)
 
     for i in range(warmup):
         step(i)

@@ -213,6 +213,14 @@ def base_parser(experiment: str, description: str, scales: dict[str, Scale]) -> 
     return p
 
 
+def add_task_and_kind(p: argparse.ArgumentParser, what: str) -> None:
+    """``--task`` and ``--kind`` of a one-dataset experiment, with the project's tasks and dataset kinds."""
+    from visual_dr3.envs.tasks import KINDS, TASKS
+
+    p.add_argument("--task", default="lift", choices=list(TASKS), help=f"task of the {what} (default lift)")
+    p.add_argument("--kind", default="mixed", choices=list(KINDS), help="dataset kind (default mixed)")
+
+
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Positive sizes; argparse's one-line error (exit 2) otherwise."""
     for flag in ("jobs", "max_steps", "image_size", "batch_size", "episodes", "horizon", "eval_episodes"):

@@ -43,7 +43,9 @@ DEFAULT_TASKS = {"cpu": ("lift",), "gpu": ("lift", "pick_place")}
 
 def build_parser() -> argparse.ArgumentParser:
     p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], SCALES)
-    p.add_argument("--tasks", nargs="+", choices=["lift", "pick_place", "stack"], default=None,
+    from visual_dr3.envs.tasks import TASKS
+
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None,
                    help="tasks (default: lift on cpu, lift pick_place on gpu)")
     p.add_argument("--kinds", nargs="+", choices=sorted(CONFIGS), default=["mixed", "cog"],
                    help="dataset kinds (default mixed cog)")

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/sarsa_vs_td.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
-                                main_flow, resolve_scale, roots, train_args)
+from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, add_task_and_kind,
+                                base_parser, check_args, main_flow, resolve_scale, roots, train_args)
 
 EXPERIMENT = "sarsa_vs_td"
 CONFIG = CONFIG_DIR / "probe.yaml"
@@ -40,10 +40,7 @@ CONDITIONS = {"sarsa": ("--backup", "sarsa"), "td": ("--backup", "td")}
 
 def build_parser() -> argparse.ArgumentParser:
     p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], SCALES)
-    p.add_argument("--task", default="lift", choices=["lift", "pick_place", "stack"],
-                   help="task of the probe (default lift)")
-    p.add_argument("--kind", default="mixed", choices=["mixed", "expert", "cog"],
-                   help="dataset kind (default mixed)")
+    add_task_and_kind(p, "probe")
     return p
 
 

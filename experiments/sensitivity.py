@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/sensitivity.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
-                                fmt_coef, main_flow, resolve_scale, roots, train_args)
+from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, add_task_and_kind,
+                                base_parser, check_args, fmt_coef, main_flow, resolve_scale, roots, train_args)
 
 EXPERIMENT = "sensitivity"
 CONFIG = CONFIG_DIR / "sensitivity.yaml"
@@ -40,10 +40,7 @@ DEFAULT_COEFS = (0.0, 0.001, 0.01, 0.1)
 
 def build_parser() -> argparse.ArgumentParser:
     p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], SCALES)
-    p.add_argument("--task", default="lift", choices=["lift", "pick_place", "stack"],
-                   help="task of the sweep (default lift)")
-    p.add_argument("--kind", default="mixed", choices=["mixed", "expert", "cog"],
-                   help="dataset kind (default mixed)")
+    add_task_and_kind(p, "sweep")
     p.add_argument("--coefs", type=float, nargs="+", default=list(DEFAULT_COEFS),
                    help="c0 values of the sweep, encoder features (default 0 0.001 0.01 0.1)")
     p.add_argument("--features-coef", type=float, default=0.01,

@@ -10,6 +10,7 @@ again) and appends the new rows after them, under the union of the old and new c
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Optional
 
@@ -43,8 +44,6 @@ class _KeepingWriter(ExperimentWriter):
 
 
 def _rows_to_csv(keys: list[str], rows: list[dict]) -> str:
-    import io
-
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()

@@ -112,26 +112,36 @@ class DR3CQL(L.LightningModule):
         opt = self.optimizers()
         if self.update_generator is None:
             self.update_generator = self.make_update_generator()
-        out = compute_update(self.nets(), batch, self.cfg, step, generator=self.update_generator)
+        out, grad_metrics = self.backward_step(batch, step, opt, self.update_generator, self.manual_backward)
+        # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
+        log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
+        if log_now:
+            self.check_finite()  # before the step: the weights of a diverged step are never applied
+        self.optimizer_step(opt)
+        if log_now:
+            self._log_diagnostics(out, batch, grad_metrics, step)
+        return None
+
+    def backward_step(self, batch: Batch, step: int, opt, generator: torch.Generator, backward):
+        """A step up to the optimizer step, with device ops only: the update's forward, ``backward(loss)``, the
+        gradient norms (guarded every step; logged at log steps) and clipping. Returns (update, grad norms).
+        The benchmarks' compute-only bound runs this too, with ``loss.backward`` outside Lightning."""
+        out = compute_update(self.nets(), batch, self.cfg, step, generator=generator)
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(out.total)
-        # Gradient norms once per step (device ops only): guarded every step, logged at log steps.
+        backward(out.total)
         grad_metrics = {"grad_norm_critic": grad_norm(self.critic_parameters()),
                         "grad_norm_actor": grad_norm(self.actor_parameters())}
         self._guard(step, out, torch.linalg.vector_norm(torch.stack(list(grad_metrics.values()))))
-        # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
-        log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
         clip = self.cfg.algo.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.critic_parameters(), clip, foreach=True)
             torch.nn.utils.clip_grad_norm_(self.actor_parameters(), clip, foreach=True)
-        if log_now:
-            self.check_finite()  # before the step: the weights of a diverged step are never applied
+        return out, grad_metrics
+
+    def optimizer_step(self, opt) -> None:
+        """The optimizer step, then the Polyak update of the target critic."""
         opt.step()
         polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
-        if log_now:
-            self._log_diagnostics(out, batch, grad_metrics, step)
-        return None
 
     def _guard(self, step: int, out, gnorm: torch.Tensor) -> None:
         """Record (with device ops only, no host sync) the first step at which each guarded value is non-finite."""
