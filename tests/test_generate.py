@@ -228,6 +228,19 @@ def test_bad_flags_are_one_line_errors(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "x.hdf5").exists()
 
 
+def test_cog_horizon_too_short_for_the_grasp_is_a_one_line_error(tmp_path, capsys):
+    # episode 1 of cog data is a task demo, recorded from the grasp on: 5 steps never reach it
+    out = tmp_path / "cog.hdf5"
+    with pytest.raises(SystemExit) as e:
+        gen.main(["--task", "lift", "--kind", "cog", "--episodes", "2", "--horizon", "5", "--image-size",
+                  str(SIZE), "--out", str(out), "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --horizon 5: cog episode 1 (task) recorded no step in 5 attempts (the scripted policy "
+                   "did not reach the grasp in 5 steps); expected a longer --horizon (the lift default is 120)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_out_folder_is_a_user_error(tmp_path, capsys):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file")

@@ -26,21 +26,23 @@ def _config(seed, coef=0.01, backup="td", out="x"):
 
 
 def make_run(root: Path, name: str, seed: int, coef: float, backup: str, train_rows, eval_rows=(),
-             evals=(), image_size=32) -> Path:
+             evals=(), image_size=32, pen_dots=None) -> Path:
     """A fake run folder. ``train_rows``: (step, dr3_dot, srank, q_mean, critic_loss); ``eval_rows``:
     (step, success_rate) logged to metrics.csv as Lightning's CSV logger does (own row, other cells blank);
-    ``evals``: (step, successes, episodes) written as eval/step_XXXXXXX.json."""
+    ``evals``: (step, successes, episodes) written as eval/step_XXXXXXX.json; ``pen_dots``: pen_dr3_dot per
+    train row (None: the column is not logged)."""
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump(_config(seed, coef, backup, str(d)), sort_keys=False))
     (d / "hparams.yaml").write_text(yaml.safe_dump({"image_size": image_size}))
     cols = ["actor_loss", "critic_loss", "dr3_dot", "eval/success_rate", "q_mean", "srank", "step"]
+    cols += ["pen_dr3_dot"] if pen_dots is not None else []
     with open(d / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        for step, dot, srank, q, loss in train_rows:
+        for i, (step, dot, srank, q, loss) in enumerate(train_rows):
             w.writerow({"actor_loss": -1.0, "critic_loss": loss, "dr3_dot": dot, "q_mean": q, "srank": srank,
-                        "step": step})
+                        "step": step, **({"pen_dr3_dot": pen_dots[i]} if pen_dots is not None else {})})
         for step, sr in eval_rows:
             w.writerow({"eval/success_rate": sr, "step": step})
     for step, succ, n in evals:
@@ -57,10 +59,10 @@ def study(tmp_path):
     root = tmp_path / "runs"
     a0 = make_run(root, "td_c01_s0", 0, 0.01, "td",
                   [(10, 2.0, 14, 0.5, 3.0), (20, 4.0, 10, 1.0, 2.0)],
-                  eval_rows=[(10, 0.2), (20, 0.6)], evals=[(10, 2, 10), (20, 6, 10)])
+                  eval_rows=[(10, 0.2), (20, 0.6)], evals=[(10, 2, 10), (20, 6, 10)], pen_dots=[1.0, 3.0])
     a1 = make_run(root, "td_c01_s1", 1, 0.01, "td",
                   [(10, 3.0, 16, 1.0, 5.0), (20, 6.0, 12, 2.0, 4.0)],
-                  eval_rows=[(10, 0.5), (20, 0.3)], evals=[(10, 5, 10), (20, 3, 10)])
+                  eval_rows=[(10, 0.5), (20, 0.3)], evals=[(10, 5, 10), (20, 3, 10)], pen_dots=[2.0, 2.0])
     b0 = make_run(root, "td_c0_s0", 0, 0.0, "td",
                   [(10, 8.0, 9, 3.0, 1.0), (20, 20.0, 5, 9.0, 1.5)],
                   eval_rows=[(10, 0.1), (20, 0.25)])  # evaluation in metrics.csv only: no episode counts
@@ -105,6 +107,9 @@ def test_aggregated_numbers(study):
     assert a.finals["q_mean"] == (pytest.approx(1.5), pytest.approx(0.5), 2)
     # dr3_dot last/first: 4/2 and 6/3 -> 2 ± 0
     assert a.dot_growth == (pytest.approx(2.0), pytest.approx(0.0), 2)
+    # pen_dr3_dot last/first: 3/1 and 2/2 -> 2 ± 1; not logged by the other conditions' runs
+    assert a.pen_dot_growth == (pytest.approx(2.0), pytest.approx(1.0), 2)
+    assert b.pen_dot_growth[2] == 0 and math.isnan(b.pen_dot_growth[0])
     # final evaluations 6/10 and 3/10; best 6/10 and 5/10 (from the JSONs)
     assert a.final_success == (pytest.approx(0.45), pytest.approx(0.15), 2)
     assert a.best_success == (pytest.approx(0.55), pytest.approx(0.05), 2)
@@ -123,7 +128,8 @@ def test_report_files_and_page(study, tmp_path):
     out = tmp_path / "reports" / "study"
     res = build_report([str(d) for d in study], str(out), title="Fake study", verbose=False)
     pngs = {p.name for p in out.glob("*.png")}
-    assert pngs == {"dr3_dot.png", "srank.png", "q_mean.png", "critic_loss.png", "success_rate.png"}
+    assert pngs == {"dr3_dot.png", "pen_dr3_dot.png", "srank.png", "q_mean.png", "critic_loss.png",
+                    "success_rate.png"}
     import matplotlib.image as mpimg
 
     for p in out.glob("*.png"):
@@ -135,10 +141,11 @@ def test_report_files_and_page(study, tmp_path):
     assert res["page"] == out / "index.md"
     lo, hi = wilson_by_hand(9, 20)
     assert (f"| algo.backup=td, dr3.coef=0.01 | 2 (0,1) | 0.450 ± 0.150 | 9/20 [{lo:.3f}, {hi:.3f}] "
-            f"| 0.550 ± 0.050 | 5 ± 1 | 2 ± 0 | 11 ± 1 | 1.5 ± 0.5 |") in md
+            f"| 0.550 ± 0.050 | 5 ± 1 | 2 ± 0 | 2 ± 1 | 11 ± 1 | 1.5 ± 0.5 |") in md
     assert ("| algo.backup=td, dr3.coef=0.0 | 1 (0) | 0.250 ± 0.000 | - | 0.250 ± 0.000 | 20 ± 0 | 2.5 ± 0 "
-            "| 5 ± 0 | 9 ± 0 |") in md
-    assert "| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | 2.5 ± 0 | 1 ± 0 | 12 ± 0 | 0.8 ± 0 |" in md
+            "| - | 5 ± 0 | 9 ± 0 |") in md
+    assert "| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | 2.5 ± 0 | 1 ± 0 | - | 12 ± 0 | 0.8 ± 0 |" in md
+    assert "Not logged by any run (no plot): `dr3_cos`, `phi_norm`" in md
     assert "## Findings" not in md  # only when --findings is given
     for name in pngs:
         assert f"]({name})" in md  # embedded by relative path
@@ -155,7 +162,7 @@ def test_cli_subprocess_and_bad_input(study, tmp_path):
     assert p.returncode == 0, p.stderr
     lines = p.stderr.strip().splitlines()
     assert [ln.startswith("read ") for ln in lines] == [True, True, False]
-    assert lines[-1] == f"report: {out / 'index.md'} (2 runs, 1 conditions, 5 plots)"
+    assert lines[-1] == f"report: {out / 'index.md'} (2 runs, 1 conditions, 6 plots)"
     md = (out / "index.md").read_text()
     assert "| all runs | 2 (0,1) |" in md
     assert f"--out {out} --title T" in md  # the command line that regenerates it

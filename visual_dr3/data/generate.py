@@ -116,7 +116,10 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
             continue  # task episode that never reached the grasp (or succeeded before it)
         break
     if n == 0:
-        raise RuntimeError(f"episode {index}: nothing recorded after {MAX_ATTEMPTS} attempts (role {role})")
+        # only a horizon too short for the scripted policy gets here (a task demo starts at the grasp)
+        raise UserError(f"--horizon {horizon}: {kind} episode {index} ({role}) recorded no step in {MAX_ATTEMPTS} "
+                        f"attempts (the scripted policy did not reach the grasp in {horizon} steps); expected a "
+                        f"longer --horizon (the {spec.name} default is {spec.horizon})")
     return {
         "index": index,
         "role": role,

@@ -18,6 +18,9 @@ from visual_dr3.report.runs import SUCCESS, Condition, band  # noqa: E402
 #: metric -> (file stem, y-axis label)
 PLOT_METRICS = {
     "dr3_dot": ("dr3_dot", "phi(s)·phi(s') (dr3_dot)"),
+    "dr3_cos": ("dr3_cos", "cos(phi(s), phi(s')) (dr3_cos)"),
+    "phi_norm": ("phi_norm", "||phi(s,a)|| (phi_norm)"),
+    "pen_dr3_dot": ("pen_dr3_dot", "penultimate-layer dot product (pen_dr3_dot)"),
     "srank": ("srank", "effective rank of phi (srank)"),
     "q_mean": ("q_mean", "mean Q(s,a) (q_mean)"),
     "critic_loss": ("critic_loss", "critic loss"),
@@ -40,7 +43,7 @@ def plot_metric(conds: Sequence[Condition], metric: str, path: Path, title: str)
             ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel("training step")
         ax.set_ylabel(PLOT_METRICS[metric][1])
-        ax.set_title(f"{title}: mean across seeds, band = min-max", fontsize=9)
+        ax.set_title(textwrap.fill(f"{title}: mean across seeds, band = min-max", 80), fontsize=9)
         if metric == SUCCESS:
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

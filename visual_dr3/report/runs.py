@@ -247,6 +247,7 @@ class Summary:
     pooled: Optional[tuple[int, int, float, float]]  # successes, episodes, low, high (final evaluations)
     finals: dict[str, tuple[float, float, int]]
     dot_growth: tuple[float, float, int] = (math.nan, math.nan, 0)  # dr3_dot last / first logged, per seed
+    pen_dot_growth: tuple[float, float, int] = (math.nan, math.nan, 0)  # the same for pen_dr3_dot
 
 
 TABLE_METRICS = ("dr3_dot", "srank", "q_mean")
@@ -263,7 +264,8 @@ def summarize_condition(cond: Condition) -> Summary:
         pooled = (succ, n, *wilson_interval(succ, n))
     return Summary(label=cond.label, seeds=[r.seed for r in cond.runs], final_success=final_sr,
                    best_success=best_sr, pooled=pooled, finals=finals,
-                   dot_growth=mean_std([growth(r, "dr3_dot") for r in cond.runs]))
+                   dot_growth=mean_std([growth(r, "dr3_dot") for r in cond.runs]),
+                   pen_dot_growth=mean_std([growth(r, "pen_dr3_dot") for r in cond.runs]))
 
 
 def growth(run: Run, metric: str) -> float:
