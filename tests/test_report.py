@@ -106,10 +106,10 @@ def test_aggregated_numbers(study):
     assert a.finals["srank"] == (pytest.approx(11.0), pytest.approx(1.0), 2)
     assert a.finals["q_mean"] == (pytest.approx(1.5), pytest.approx(0.5), 2)
     # dr3_dot last/first: 4/2 and 6/3 -> 2 ± 0
-    assert a.dot_growth == (pytest.approx(2.0), pytest.approx(0.0), 2)
+    assert a.growths["dr3_dot"] == (pytest.approx(2.0), pytest.approx(0.0), 2)
     # pen_dr3_dot last/first: 3/1 and 2/2 -> 2 ± 1; not logged by the other conditions' runs
-    assert a.pen_dot_growth == (pytest.approx(2.0), pytest.approx(1.0), 2)
-    assert b.pen_dot_growth[2] == 0 and math.isnan(b.pen_dot_growth[0])
+    assert a.growths["pen_dr3_dot"] == (pytest.approx(2.0), pytest.approx(1.0), 2)
+    assert b.growths["pen_dr3_dot"][2] == 0 and math.isnan(b.growths["pen_dr3_dot"][0])
     # final evaluations 6/10 and 3/10; best 6/10 and 5/10 (from the JSONs)
     assert a.final_success == (pytest.approx(0.45), pytest.approx(0.15), 2)
     assert a.best_success == (pytest.approx(0.55), pytest.approx(0.05), 2)

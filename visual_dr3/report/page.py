@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from visual_dr3.report.runs import Condition, Run, Summary, fmt_value
+from visual_dr3.report.runs import GROWTH_METRICS, Condition, Run, Summary, fmt_value
 from visual_dr3.report.plots import PLOT_METRICS
 
 DASH = "-"
@@ -29,13 +29,14 @@ def fmt_pooled(p) -> str:
 
 def table(summaries: Sequence[Summary]) -> list[str]:
     head = ["condition", "seeds", "final success", "pooled final 95% Wilson", "best success",
-            "final dr3_dot", "dr3_dot final/first", "pen_dr3_dot final/first", "final srank", "final q_mean"]
+            "final dr3_dot", *(f"{m} final/first" for m in GROWTH_METRICS), "final srank", "final q_mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         seeds = ",".join(fmt_value(x) for x in s.seeds)
         row = [s.label, f"{len(s.seeds)} ({seeds})", fmt_ms(s.final_success, ".3f"), fmt_pooled(s.pooled),
-               fmt_ms(s.best_success, ".3f"), fmt_ms(s.finals["dr3_dot"]), fmt_ms(s.dot_growth, ".3g"),
-               fmt_ms(s.pen_dot_growth, ".3g"), fmt_ms(s.finals["srank"]), fmt_ms(s.finals["q_mean"])]
+               fmt_ms(s.best_success, ".3f"), fmt_ms(s.finals["dr3_dot"]),
+               *(fmt_ms(s.growths[m], ".3g") for m in GROWTH_METRICS), fmt_ms(s.finals["srank"]),
+               fmt_ms(s.finals["q_mean"])]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     return lines
 
@@ -85,7 +86,7 @@ def render(title: str, runs: Sequence[Run], conds: Sequence[Condition], summarie
               "Success rates: mean ± std across seeds of each seed's final (last) and best evaluation; the "
               "pooled interval is the 95% Wilson interval over all final-evaluation episodes of the "
               "condition's seeds (successes/episodes). dr3_dot, srank, q_mean: last logged value, mean ± std "
-              "(ddof=0) across seeds; dr3_dot final/first: each seed's last logged phi(s,a)·phi(s',a') over "
+              "(ddof=0) across seeds; dr3_dot final/first: each seed's last logged encoder phi(s)·phi(s') over "
               "its first, mean ± std (the growth DR3 is meant to stop); pen_dr3_dot final/first: the same for the Q "
               "heads' penultimate-layer features (logged whichever features DR3 acts on). `-`: not logged (e.g. no "
               "evaluation in a SARSA probe run).", ""]

@@ -19,7 +19,7 @@ from visual_dr3.report.runs import SUCCESS, Condition, band  # noqa: E402
 PLOT_METRICS = {
     "dr3_dot": ("dr3_dot", "phi(s)·phi(s') (dr3_dot)"),
     "dr3_cos": ("dr3_cos", "cos(phi(s), phi(s')) (dr3_cos)"),
-    "phi_norm": ("phi_norm", "||phi(s,a)|| (phi_norm)"),
+    "phi_norm": ("phi_norm", "||phi(s)|| of the encoder features (phi_norm)"),
     "pen_dr3_dot": ("pen_dr3_dot", "penultimate-layer dot product (pen_dr3_dot)"),
     "srank": ("srank", "effective rank of phi (srank)"),
     "q_mean": ("q_mean", "mean Q(s,a) (q_mean)"),

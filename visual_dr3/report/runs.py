@@ -246,11 +246,12 @@ class Summary:
     best_success: tuple[float, float, int]
     pooled: Optional[tuple[int, int, float, float]]  # successes, episodes, low, high (final evaluations)
     finals: dict[str, tuple[float, float, int]]
-    dot_growth: tuple[float, float, int] = (math.nan, math.nan, 0)  # dr3_dot last / first logged, per seed
-    pen_dot_growth: tuple[float, float, int] = (math.nan, math.nan, 0)  # the same for pen_dr3_dot
+    growths: dict[str, tuple[float, float, int]]  # GROWTH_METRICS: each seed's last / first logged value
 
 
 TABLE_METRICS = ("dr3_dot", "srank", "q_mean")
+#: metrics whose growth over a run (last / first logged value) the table gives: encoder and penultimate dots
+GROWTH_METRICS = ("dr3_dot", "pen_dr3_dot")
 
 
 def summarize_condition(cond: Condition) -> Summary:
@@ -264,8 +265,7 @@ def summarize_condition(cond: Condition) -> Summary:
         pooled = (succ, n, *wilson_interval(succ, n))
     return Summary(label=cond.label, seeds=[r.seed for r in cond.runs], final_success=final_sr,
                    best_success=best_sr, pooled=pooled, finals=finals,
-                   dot_growth=mean_std([growth(r, "dr3_dot") for r in cond.runs]),
-                   pen_dot_growth=mean_std([growth(r, "pen_dr3_dot") for r in cond.runs]))
+                   growths={m: mean_std([growth(r, m) for r in cond.runs]) for m in GROWTH_METRICS})
 
 
 def growth(run: Run, metric: str) -> float:
