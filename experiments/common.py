@@ -131,10 +131,13 @@ class RunSpec:
 
 
 def train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Path, seed: int,
-               condition: Sequence[str] = (), extra: Sequence[str] = ()) -> tuple[str, ...]:
+               condition: Sequence[str] = (), extra: Sequence[str] = (), preset: str = "gpu") -> tuple[str, ...]:
     """``train.py`` flags of one run: the experiment's ``--config`` first (flags after it override it), then
-    the scale's flags, the condition's flags and the user's ``--train-args``."""
-    args = ["--config", str(config), "--task", task, "--dataset", str(dataset), "--output-dir", str(out_dir),
+    the scale's flags, the condition's flags and the user's ``--train-args``. The DR3 studies set their scale
+    themselves and pin train.py's base preset (``--preset gpu``: configs/<task>.yaml without the cpu overlay);
+    the learning recipe's study passes the preset it measures."""
+    args = ["--preset", preset, "--config", str(config), "--task", task, "--dataset", str(dataset),
+            "--output-dir", str(out_dir),
             "--seed", str(seed), "--max-steps", str(scale.max_steps), "--batch-size", str(scale.batch_size),
             "--model.encoder", scale.encoder, "--log-every", str(scale.log_every),
             "--checkpoint-every", str(scale.checkpoint_every)]
@@ -295,8 +298,12 @@ def ensure_datasets(datasets: Sequence[DatasetSpec], workers: int, dry_run: bool
         say(f"dataset {d.path}: written in {time.time() - t0:.0f} s")
 
 
-def _child_env() -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+def _child_env(jobs: int = 1) -> dict:
+    """The environment of a study's child process; with several runs at once each gets its share of the cores."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
 
 
 def _log_tail(path: Path, n: int = 8) -> str:
@@ -361,7 +368,7 @@ class Runner:
             with self._lock:
                 if self.stop.is_set():
                     return Result(run, "not started")
-                proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
+                proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT, env=_child_env(self.jobs),
                                         start_new_session=True)
                 self._procs.add(proc)
             try:

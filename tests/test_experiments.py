@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import common, cql_vs_dr3, sarsa_vs_td, sensitivity  # noqa: E402
+from experiments import common, cql_vs_dr3, learn_to_grasp, sarsa_vs_td, sensitivity  # noqa: E402
 
 CFG = ROOT / "configs" / "experiments"
 
@@ -31,6 +31,23 @@ def by_name(runs):
 
 
 # -- the commands each script builds ------------------------------------------------------------------
+def test_learn_to_grasp_runs_the_cpu_preset_with_bc_given_three_times_the_steps(monkeypatch):
+    from visual_dr3.learner.cli_args import parse_train_args
+
+    monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
+    scale, runs = plan(learn_to_grasp, "--scale", "cpu", "--kinds", "expert", "mixed")
+    assert (scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds) == (1000, 500, 50, (1, 2, 3))
+    assert len(runs) == 2 * 3 * 3 and {r.group for r in runs} == {"lift_expert", "lift_mixed"}
+    for r in runs:
+        assert r.train_args[:2] == ("--preset", "cpu")
+        cfg = parse_train_args(list(r.train_args), configs_dir=ROOT / "configs")
+        assert cfg.preset == "cpu" and cfg.seed == r.seed and cfg.max_steps == r.max_steps
+        assert cfg.algo.backup == "sarsa" and cfg.algo.n_step == 5 and not cfg.progress and cfg.wandb == "off"
+        want = {"bc": ("bc", 0.01, 3000, 1500), "cql": ("cql", 0.0, 1000, 500), "dr3": ("cql", 0.01, 1000, 500)}
+        assert (cfg.algorithm, cfg.dr3.coef, cfg.max_steps, cfg.eval_every) == want[r.condition]
+        assert cfg.dataset == f"data/lift_{r.group.split('_')[1]}_48px_50ep.hdf5"
+
+
 
 def test_probe_cpu_runs_and_exact_command():
     scale, runs = plan(sarsa_vs_td, "--scale", "cpu")
@@ -41,6 +58,7 @@ def test_probe_cpu_runs_and_exact_command():
     assert td.dataset.path == Path("data/lift_mixed_48px_50ep.hdf5")
     assert td.command()[:2] == [sys.executable, str(ROOT / "train.py")]
     assert list(td.train_args) == [
+        "--preset", "gpu",
         "--config", str(CFG / "probe.yaml"), "--task", "lift", "--dataset", "data/lift_mixed_48px_50ep.hdf5",
         "--output-dir", "runs/study/sarsa_vs_td/cpu/td_s1", "--seed", "1", "--max-steps", "3000",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
@@ -64,6 +82,7 @@ def test_probe_gpu_scale_and_overrides():
     assert [r.name for r in runs] == ["sarsa_s7", "td_s7"]
     assert runs[1].dataset.path == Path("d/lift_mixed_32px_2ep_h20.hdf5")
     assert list(runs[1].train_args) == [
+        "--preset", "gpu",
         "--config", str(CFG / "probe.yaml"), "--task", "lift", "--dataset", "d/lift_mixed_32px_2ep_h20.hdf5",
         "--output-dir", "o/td_s7", "--seed", "7", "--max-steps", "4", "--batch-size", "256",
         "--model.encoder", "drq", "--log-every", "100", "--checkpoint-every", "5000", "--eval-every", "0",
@@ -81,13 +100,14 @@ def test_cql_vs_dr3_cpu_and_gpu_runs():
     assert len(runs) == 12 and {r.group for r in runs} == {"lift_mixed", "lift_cog"}
     r = by_name(runs)["lift_cog/dr3_s2"]
     assert list(r.train_args) == [
+        "--preset", "gpu",
         "--config", str(CFG / "cql_vs_dr3_cog.yaml"), "--task", "lift", "--dataset", "data/lift_cog_48px_50ep.hdf5",
         "--output-dir", "runs/study/cql_vs_dr3/cpu/lift_cog/dr3_s2", "--seed", "2", "--max-steps", "1500",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
         "--eval-every", "500", "--eval-episodes", "20", "--eval-workers", "2", "--resume", "auto",
         "--algo.bc_warmup_steps", "150", "--dr3-coef", "0.01"]
     m = by_name(runs)["lift_mixed/cql_s0"]
-    assert m.train_args[:2] == ("--config", str(CFG / "cql_vs_dr3_mixed.yaml"))
+    assert m.train_args[:4] == ("--preset", "gpu", "--config", str(CFG / "cql_vs_dr3_mixed.yaml"))
     assert m.train_args[-2:] == ("--dr3-coef", "0") and "--algo.bc_warmup_steps" not in m.train_args
 
     scale, runs = plan(cql_vs_dr3, "--scale", "gpu")
@@ -113,6 +133,7 @@ def test_sensitivity_runs_and_reports():
                                                 "c0_0.1_encoder", "c0_0.01_penultimate"]
     r = by_name(runs)["c0_0.01_penultimate_s1"]
     assert list(r.train_args) == [
+        "--preset", "gpu",
         "--config", str(CFG / "sensitivity.yaml"), "--task", "lift", "--dataset", "data/lift_mixed_48px_50ep.hdf5",
         "--output-dir", "runs/study/sensitivity/cpu/c0_0.01_penultimate_s1", "--seed", "1", "--max-steps", "1500",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",

@@ -29,6 +29,12 @@ s' and a' at demo boundaries
       has ``next_obs``.
     - ``done`` is the file's ``dones`` (1 = terminal, no bootstrap), also on steps inside a demo.
 
+n-step returns (``n_step > 1``, with ``discount``)
+    Transition t then carries ``reward = sum_{j<k} gamma^j r_{t+j}``, s' = the s' of step t+k-1 (frame
+    t+k), ``done`` and ``next_action`` of step t+k-1, and ``discount = gamma^k`` (:func:`n_step_transitions`).
+    k = n, or fewer where the demo ends first (its last step), a terminal is reached (the return stops
+    there, ``done = 1``), or the next step is not sampleable (a truncated last step without ``next_obs``).
+
 Sampling (:meth:`ResidentReplay.sample`)
     A batch of B takes an exact, deterministic count per source — the largest-remainder split of B by the
     normalized weights (ties to the earlier source) — each drawn uniformly (with replacement) within its
@@ -87,6 +93,7 @@ class Batch:
     done: Tensor  # float32 (B,)  1 = terminal (no bootstrap)
     next_action: Tensor  # float32 (B,A) dataset a_{t+1} (a_t at a demo's last step)
     source: Tensor  # int64 (B,) index of the SourceSpec the sample came from
+    discount: Optional[Tensor] = None  # float32 (B,) gamma**k of an n-step backup over k steps (None: the config's)
 
 
 def split_counts(batch_size: int, weights: Sequence[float]) -> list[int]:
@@ -143,8 +150,10 @@ class ResidentReplay:
                  source_tables: list[Tensor], sources: list[SourceSpec], weights: Sequence[float],
                  image_keys: list[str], proprio_keys: list[str], proprio_dims: tuple[int, ...],
                  action_dim: int, image_size: Optional[tuple[int, int]], env_args: dict, meta: dict,
-                 metas: list[dict], files: list[str], device: torch.device, pinned: bool = False):
+                 metas: list[dict], files: list[str], device: torch.device, pinned: bool = False,
+                 discount: Optional[Tensor] = None):
         self.frames = frames
+        self.discount = discount
         self.proprio = proprio
         self.obs_index, self.next_index = obs_index, next_index
         self.action, self.next_action, self.reward, self.done = action, next_action, reward, done
@@ -180,7 +189,8 @@ class ResidentReplay:
 
     def _tensors(self) -> list[Tensor]:
         return [*self.frames.values(), self.proprio, self.obs_index, self.next_index, self.action,
-                self.next_action, self.reward, self.done, self._src_table, self._src_offset, self._src_size]
+                self.next_action, self.reward, self.done, self._src_table, self._src_offset, self._src_size,
+                *([] if self.discount is None else [self.discount])]
 
     @property
     def nbytes(self) -> int:
@@ -214,6 +224,8 @@ class ResidentReplay:
         for name in ("proprio", "obs_index", "next_index", "action", "next_action", "reward", "done",
                      "_src_table", "_src_offset", "_src_size"):
             setattr(self, name, _place(getattr(self, name), device, pin))
+        if self.discount is not None:
+            self.discount = _place(self.discount, device, pin)
         self.device, self.pinned = device, pin
         self._src_ids_cache = {}
         return self
@@ -256,7 +268,17 @@ class ResidentReplay:
             src = torch.full((B,), -1, dtype=torch.int64, device=t.device)
         return Batch(obs=obs, next_obs=nxt, action=self.action.index_select(0, t),
                      reward=self.reward.index_select(0, t), done=self.done.index_select(0, t),
-                     next_action=self.next_action.index_select(0, t), source=src.clone())
+                     next_action=self.next_action.index_select(0, t), source=src.clone(),
+                     discount=None if self.discount is None else self.discount.index_select(0, t))
+
+    def select_action_dims(self, keep: Sequence[int]) -> "ResidentReplay":
+        """Keep only these action dims in ``action`` and ``next_action`` (in place; returns self): the learner's
+        view when the other dims are held fixed (see ``fixed_action_values``)."""
+        idx = torch.as_tensor(list(keep), dtype=torch.int64, device=self.action.device)
+        self.action = self.action.index_select(1, idx).contiguous()
+        self.next_action = self.next_action.index_select(1, idx).contiguous()
+        self.action_dim = len(keep)
+        return self
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """A batch of ``batch_size``: exact per-source counts (:meth:`batch_counts`), uniform within a source."""
@@ -316,9 +338,37 @@ def _as_hw(size) -> Optional[tuple[int, int]]:
     return int(h), int(w)
 
 
+def n_step_transitions(reward: np.ndarray, done: np.ndarray, obs_index: np.ndarray, next_index: np.ndarray,
+                       valid: np.ndarray, n: int, gamma: float) -> dict[str, np.ndarray]:
+    """n-step versions of one-step transitions stored demo after demo (see the module docstring).
+
+    Step t continues into t+1 when they belong to the same demo (``obs_index[t+1] == next_index[t]``), t is
+    not terminal and t+1 is sampleable (``valid``). Returns ``reward`` (float32 n-step return), ``last``
+    (int64: the step t+k-1 whose s', done and a' the transition takes) and ``discount`` (float32 gamma^k).
+    """
+    N = len(reward)
+    if n < 1:
+        raise ValueError(f"n_step_transitions: n must be >= 1, got {n}")
+    ret = reward.astype(np.float64)
+    last = np.arange(N, dtype=np.int64)
+    k = np.ones(N, dtype=np.int64)
+    links = np.zeros(N, dtype=bool)  # t -> t+1 continues the same backup chain
+    if N > 1:
+        links[:-1] = (obs_index[1:] == next_index[:-1]) & (done[:-1] == 0) & valid[1:]
+    alive = links.copy()
+    for j in range(1, n):
+        nxt = np.minimum(last + 1, N - 1)
+        ret = np.where(alive, ret + gamma ** j * reward[nxt], ret)
+        last = np.where(alive, nxt, last)
+        k = np.where(alive, j + 1, k)
+        alive = alive & links[nxt]
+    return {"reward": ret.astype(np.float32), "last": last, "discount": (gamma ** k).astype(np.float32)}
+
+
 def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str], action_dim: Optional[int] = None,
                 device: Union[str, torch.device] = "cpu", expect_image_size=None, *, pin_memory: bool = False,
-                progress: Optional[bool] = None) -> ResidentReplay:
+                progress: Optional[bool] = None, n_step: int = 1,
+                discount: Optional[float] = None) -> ResidentReplay:
     """Load ``sources`` (SourceSpecs or paths; a single one is accepted too) into a :class:`ResidentReplay`.
 
     ``image_keys``: obs keys of uint8 ``(T, H, W, 3)`` images, one tensor each. ``proprio_keys``: obs keys
@@ -327,8 +377,12 @@ def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str],
     data lives (a CUDA device when it fits; checked against free memory first). ``expect_image_size``: int or
     (H, W) every camera must have. ``pin_memory``: pin CPU tensors (only when a CUDA device exists).
     ``progress``: tqdm bar on stderr while reading images (None: when there are >= 50 demos).
+    ``n_step``, ``discount``: n-step transitions (see the module docstring); with ``discount`` given, batches
+    carry ``discount`` (gamma^k per sample), otherwise None (the learner's gamma applies, one step).
     Every input problem raises a one-line :class:`UserError` naming the file and key.
     """
+    if n_step > 1 and discount is None:
+        raise ValueError("load_replay: n_step > 1 needs discount")
     if isinstance(sources, (SourceSpec, str, os.PathLike)):
         sources = [sources]
     specs = [_as_spec(s, i) for i, s in enumerate(sources)]
@@ -405,6 +459,12 @@ def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str],
             dones[t0:t0 + T] = d.dones
             proprio[f0:f0 + d.num_frames] = d.proprio
 
+    disc = None
+    if discount is not None:
+        ns = n_step_transitions(rewards, dones, obs_index, next_index, valid, int(n_step), float(discount))
+        rewards, disc = ns["reward"], ns["discount"]
+        next_index, dones, next_actions = next_index[ns["last"]], dones[ns["last"]], next_actions[ns["last"]]
+
     # Per-source tables of sampleable transition ids.
     tables: list[Optional[np.ndarray]] = [None] * len(specs)
     for p, plan in enumerate(plans):
@@ -449,6 +509,7 @@ def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str],
         next_action=_place(torch.from_numpy(next_actions), device, pin),
         reward=_place(torch.from_numpy(rewards), device, pin),
         done=_place(torch.from_numpy(dones), device, pin),
+        discount=None if disc is None else _place(torch.from_numpy(disc), device, pin),
         source_tables=[torch.from_numpy(t) for t in tables],
         sources=specs, weights=weights, image_keys=image_keys, proprio_keys=proprio_keys,
         proprio_dims=tuple(proprio_dims or ()), action_dim=A, image_size=image_hw,

@@ -76,7 +76,13 @@ def image_key(camera: str) -> str:
     return f"{camera}_image"
 
 
-def default_dataset_path(task: "str | TaskSpec", kind: str | None = None) -> Path:
-    """Where the task's default dataset lives, relative to the working directory: ``data/<task>_<kind>.hdf5``."""
+def default_dataset_path(task: "str | TaskSpec", kind: str | None = None, episodes: int | None = None,
+                         image_size: int = 84) -> Path:
+    """Where the task's default dataset lives, relative to the working directory: ``data/<task>_<kind>.hdf5``
+    for the task's default episodes at 84 px, ``data/<task>_<kind>_<size>px_<episodes>ep.hdf5`` otherwise (the
+    name the study scripts give the same dataset)."""
     spec = get_task(task)
-    return Path("data") / f"{spec.name}_{kind or spec.default_kind}.hdf5"
+    name = f"{spec.name}_{kind or spec.default_kind}"
+    if (episodes is not None and episodes != spec.default_episodes) or image_size != 84:
+        name += f"_{image_size}px_{episodes or spec.default_episodes}ep"
+    return Path("data") / f"{name}.hdf5"

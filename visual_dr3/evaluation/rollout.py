@@ -664,6 +664,8 @@ class TorchPolicy:
                 eps = torch.stack([torch.randn(mean.shape[-1], generator=self._generators[e]) for e in episodes])
                 eps = eps.to(device=mean.device, dtype=mean.dtype)
                 a = torch.tanh(mean + log_std.exp() * eps)
+                if hasattr(m, "full_action"):  # the env's action: dims held fixed take their dataset value
+                    a = m.full_action(a)
             else:
                 if self._batch_generator is None:
                     self._batch_generator = torch.Generator(device=self.device).manual_seed(0)

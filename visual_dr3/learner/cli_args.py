@@ -6,6 +6,7 @@ Flags may be written with dashes or underscores (``--max-steps`` = ``--max_steps
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -66,14 +67,50 @@ def _task_of(argv: list[str]) -> str:
     return task or TrainConfig.task
 
 
+PRESETS = ("cpu", "gpu")
+
+
+PRESET_ENV = "VISUAL_DR3_PRESET"
+
+
+def resolve_preset(argv: Sequence[str]) -> tuple[str, str]:
+    """``(preset, why)``: ``--preset cpu|gpu`` as given, else the environment variable ``VISUAL_DR3_PRESET``
+    (cpu|gpu|auto; the test suite pins gpu, the base config), else (``auto``) cpu when no CUDA device is visible."""
+    asked = _scan(list(argv), "--preset")
+    where = "--preset"
+    if asked is None and os.environ.get(PRESET_ENV):
+        asked, where = os.environ[PRESET_ENV], PRESET_ENV
+    if asked in PRESETS:
+        return asked, f"{where} {asked}"
+    if asked not in (None, "auto"):
+        raise UserError(f"{where}: got {asked!r}; expected one of auto, cpu, gpu")
+    import torch
+
+    if torch.cuda.is_available():
+        return "gpu", f"{torch.cuda.device_count()} CUDA device(s) visible"
+    return "cpu", "no CUDA device visible"
+
+
+def preset_files(configs_dir: Path, task: str, preset: str) -> list[Path]:
+    """The config files a preset layers under ``--config`` and flags: ``<task>.yaml``, then for the cpu preset
+    ``cpu/<task>.yaml`` (the same file for both presets where no cpu file exists)."""
+    files = [Path(configs_dir) / f"{task}.yaml"]
+    if preset == "cpu":
+        files.append(Path(configs_dir) / "cpu" / f"{task}.yaml")
+    return [f for f in files if f.is_file()]
+
+
 def parse_train_args(argv: Sequence[str], configs_dir: Optional[Path] = None) -> TrainConfig:
-    """Parse and validate; every problem becomes a one-line :class:`UserError` naming the flag or key."""
+    """Parse and validate; every problem becomes a one-line :class:`UserError` naming the flag or key.
+
+    Precedence (lowest first): dataclass defaults, ``configs/<task>.yaml``, ``configs/cpu/<task>.yaml`` (cpu
+    preset only), ``--config FILE``, flags. The resolved preset is recorded in ``cfg.preset``."""
     argv = normalize_argv(argv)
     prefix: list[str] = []
+    preset, _ = resolve_preset(argv)
     if configs_dir is not None:
-        task_file = Path(configs_dir) / f"{_task_of(argv)}.yaml"
-        if task_file.is_file():
-            prefix = ["--config", str(task_file)]
+        for f in preset_files(Path(configs_dir), _task_of(argv), preset):
+            prefix += ["--config", str(f)]
     cfg_file = _scan(argv, "--config")
     if cfg_file is not None and not Path(cfg_file).is_file():
         raise UserError(f"--config {cfg_file}: file not found")
@@ -87,6 +124,7 @@ def parse_train_args(argv: Sequence[str], configs_dir: Optional[Path] = None) ->
         msg = " ".join(str(e).split())
         raise UserError(f"invalid arguments: {msg}") from None
     cfg_dict = {k: v for k, v in vars(cfg).items() if k != "config"}
+    cfg_dict["preset"] = preset
     return validate(TrainConfig(**cfg_dict))
 
 

@@ -37,6 +37,17 @@ class DataConfig:
     """DrQ random shift: pad by this many pixels then crop back, a shift per sample; 0 turns it off."""
     device: Literal["auto", "cpu"] = "auto"
     """Where the resident dataset lives: ``auto`` puts it on the training device (GPU when it fits)."""
+    normalize_proprio: bool = True
+    """Standardise proprio with the dataset's per-dimension mean/std (kept in the checkpoint) before the encoder."""
+    fixed_action_dims: Literal["auto", "none"] = "auto"
+    """``auto``: action dims that hold one value in every dataset transition (the scripted data's rotation) are
+    held at that value; the policy and Q see only the others. ``none``: learn every dim."""
+    kind: Optional[Literal["expert", "mixed", "cog"]] = None
+    """Kind of the task's default dataset, generated when ``dataset`` is None and it is missing (None: the task's)."""
+    episodes: Optional[int] = None
+    """Episodes of the generated default dataset (None: the task's default)."""
+    image_size: int = 84
+    """Camera image size of the generated default dataset (square)."""
 
 
 @dataclass
@@ -51,6 +62,12 @@ class ModelConfig:
     """Hidden layer sizes of each Q head and of the actor MLP; the last is the Q heads' penultimate layer."""
     actor_encoder: Literal["shared", "separate"] = "shared"
     """``shared``: the actor reads the critic encoder's features with gradients stopped (DrQ-v2); ``separate``: its own encoder."""
+    channels: int = 32
+    """Channels of each conv layer of the ``drq`` encoder."""
+    num_layers: int = 4
+    """Conv layers of the ``drq`` encoder (the first has stride 2)."""
+    pool: Literal["flatten", "spatial_softmax"] = "flatten"
+    """How the ``drq`` conv maps become features: flattened (DrQ-v2) or 32 spatial soft-argmax keypoints per camera."""
 
 
 @dataclass
@@ -115,6 +132,20 @@ class AlgoConfig:
     """Subtract alpha * log pi(a'|s') in the TD target; COG and CQL-for-images use the deterministic backup."""
     bc_warmup_steps: int = 0
     """COG: behaviour-clone the actor (maximise log pi(a_data|s)) for the first K steps."""
+    bc_loss: Literal["nll", "mse"] = "nll"
+    """How every imitation term (BC, warm-up, ``bc_weight``, ``awr``) scores a dataset action: ``nll`` = -log pi(a|s)
+    of the tanh-Gaussian; ``mse`` = squared error of the mean action tanh(mu(s)), not dragged by actions at +-1."""
+    actor_objective: Literal["sac", "awr"] = "sac"
+    """After the warm-up: ``sac`` maximises min Q(s, a~pi) + entropy; ``awr`` imitates the dataset action weighted
+    by exp(A / awr_beta), A = min Q(s, a_data) - min Q(s, mean action) (advantage-weighted regression, as AWAC/CRR)."""
+    awr_beta: float = 0.1
+    """Temperature of the ``awr`` weights (smaller: imitate only the best actions more sharply)."""
+    awr_max_weight: float = 20.0
+    """Upper clip of the ``awr`` weights (IQL uses 100)."""
+    bc_weight: float = 0.0
+    """After the warm-up, add ``bc_weight * -log pi(a_data|s)`` to the SAC actor loss (0: pure SAC)."""
+    n_step: int = 1
+    """n-step returns: sum of n discounted rewards, bootstrapped from s_{t+n}; shorter at terminals and demo ends."""
     grad_clip: float = 0.0
     """Clip each optimizer's gradient norm to this value; 0 turns clipping off."""
 
@@ -125,6 +156,10 @@ class TrainConfig:
 
     task: str = "lift"
     """Task name from the registry (lift, pick_place, stack)."""
+    algorithm: Literal["cql", "bc"] = "cql"
+    """``cql``: CQL critic + SAC actor (+ DR3); ``bc``: behaviour cloning of the actor alone (the floor to beat)."""
+    preset: Literal["auto", "cpu", "gpu"] = "auto"
+    """Defaults: ``configs/<task>.yaml`` (gpu), plus ``configs/cpu/<task>.yaml`` (cpu); ``auto``: cpu without CUDA."""
     dataset: Optional[str] = None
     """HDF5 dataset; None means the task's default file under data/ (generated first if missing)."""
     output_dir: Optional[str] = None
@@ -196,7 +231,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     pos_int = [("max_steps", cfg.max_steps), ("batch_size", cfg.batch_size), ("devices", cfg.devices),
                ("num_nodes", cfg.num_nodes), ("log_every", cfg.log_every),
                ("checkpoint_every", cfg.checkpoint_every), ("eval_episodes", cfg.eval_episodes),
-               ("model.feature_dim", cfg.model.feature_dim), ("cql.num_actions", cfg.cql.num_actions)]
+               ("model.feature_dim", cfg.model.feature_dim), ("cql.num_actions", cfg.cql.num_actions),
+               ("algo.n_step", cfg.algo.n_step), ("model.channels", cfg.model.channels),
+               ("model.num_layers", cfg.model.num_layers), ("data.image_size", cfg.data.image_size)]
     for flag, v in pos_int:
         need(isinstance(v, int) and v > 0, flag, "a positive integer", v)
     if cfg.eval_horizon is not None:
@@ -213,10 +250,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0.0 < cfg.algo.tau <= 1.0, "algo.tau", "a number in (0, 1]", cfg.algo.tau)
     for flag, v in [("algo.critic_lr", cfg.algo.critic_lr), ("algo.actor_lr", cfg.algo.actor_lr),
                     ("algo.alpha_lr", cfg.algo.alpha_lr), ("algo.init_alpha", cfg.algo.init_alpha),
+                    ("algo.awr_beta", cfg.algo.awr_beta), ("algo.awr_max_weight", cfg.algo.awr_max_weight),
                     ("cql.temperature", cfg.cql.temperature)]:
         need(math.isfinite(v) and v > 0, flag, "a positive number", v)
+    if cfg.data.episodes is not None:
+        need(cfg.data.episodes > 0, "data.episodes", "a positive integer (or null)", cfg.data.episodes)
     for flag, v in [("dr3.coef", cfg.dr3.coef), ("cql.min_q_weight", cfg.cql.min_q_weight),
-                    ("algo.grad_clip", cfg.algo.grad_clip)]:
+                    ("algo.grad_clip", cfg.algo.grad_clip), ("algo.bc_weight", cfg.algo.bc_weight)]:
         need(math.isfinite(v) and v >= 0, flag, "a number >= 0", v)
     need(len(cfg.data.sources) > 0, "data.sources", "at least one source", cfg.data.sources)
     weights = [s.weight for s in cfg.data.sources]

@@ -62,8 +62,9 @@ class ReplayDataModule(L.LightningDataModule):
     """Loads the sources named by the config into a resident replay on this rank's device."""
 
     def __init__(self, cfg: TrainConfig, dataset: str, image_keys: list[str], proprio_keys: list[str],
-                 action_dim: int, image_size: Optional[int] = None):
+                 action_dim: int, image_size: Optional[int] = None, learned_dims: Optional[list[int]] = None):
         super().__init__()
+        self.learned_dims = None if learned_dims is None else list(learned_dims)
         self.cfg, self.dataset = cfg, dataset
         self.image_keys, self.proprio_keys = list(image_keys), list(proprio_keys)
         self.action_dim, self.image_size = action_dim, image_size
@@ -86,7 +87,10 @@ class ReplayDataModule(L.LightningDataModule):
                 device = self.trainer.strategy.root_device
         self.replay = load_replay(self.source_specs(), self.image_keys, self.proprio_keys,
                                   action_dim=self.action_dim, device=device,
-                                  expect_image_size=self.image_size)
+                                  expect_image_size=self.image_size, n_step=self.cfg.algo.n_step,
+                                  discount=self.cfg.algo.discount)
+        if self.learned_dims is not None and len(self.learned_dims) != self.replay.action_dim:
+            self.replay.select_action_dims(self.learned_dims)  # the networks see only the learned dims
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.cfg.seed + RANK_SEED_STRIDE * rank)
 

@@ -26,6 +26,7 @@ __all__ = [
     "dr3_loss",
     "sac_actor_loss",
     "bc_actor_loss",
+    "awr_actor_loss",
     "alpha_loss",
 ]
 
@@ -226,6 +227,22 @@ def bc_actor_loss(log_prob_data: Tensor, logp: Tensor, alpha: Tensor | float) ->
     fresh policy sample (entropy term). ``alpha`` is detached.
     """
     return (_as_detached(alpha) * logp - log_prob_data).mean()
+
+
+def awr_actor_loss(log_prob_data: Tensor, q_data: Tensor, v: Tensor, beta: float,
+                   max_weight: float) -> tuple[Tensor, Tensor]:
+    """Advantage-weighted regression of the actor on dataset actions (AWAC, CRR "exp", IQL's extraction)::
+
+        A = q_data - v                       # detached: min_i Q_i(s, a_data) - V(s), e.g. min_i Q_i(s, pi's mean)
+        w = min(exp(A / beta), max_weight)
+        loss = -mean(w * log pi(a_data|s))
+
+    The policy only ever imitates actions of the data, more so where the critic ranks them above its own.
+    Returns ``(loss, w)``.
+    """
+    adv = (q_data - v).detach()
+    w = torch.exp(adv / beta).clamp(max=max_weight)
+    return -(w * log_prob_data).mean(), w
 
 
 def alpha_loss(log_alpha: Tensor, logp: Tensor, target_entropy: float) -> Tensor:

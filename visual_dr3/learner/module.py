@@ -38,27 +38,54 @@ def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+DERIVED_BUFFERS = ("proprio_mean", "proprio_std", "action_fill")
+
+
+def _drop_derived_buffers(state_dict, prefix, *args) -> None:
+    """Load hook: buffers rebuilt from the hyperparameters are not loaded (checkpoints that hold them still load)."""
+    for k in [k for k in state_dict if k.startswith(prefix) and k.rsplit(".", 1)[-1] in DERIVED_BUFFERS]:
+        state_dict.pop(k)
+
+
 class DR3CQL(L.LightningModule):
     """Twin-Q CQL critic + SAC actor on an image encoder, with the DR3 regularizer."""
 
     def __init__(self, config: dict, image_keys: list[str], proprio_keys: list[str], proprio_dim: int,
                  image_size: int, action_dim: int, env_args: Optional[dict] = None,
-                 dataset_meta: Optional[dict] = None):
+                 dataset_meta: Optional[dict] = None, dataset_stats: Optional[dict] = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg: TrainConfig = from_dict(config)
         self.automatic_optimization = False
         m = self.cfg.model
+        # Action dims held at a fixed value (the dataset's, e.g. the scripted data's zero rotation): the networks
+        # see only the learned dims; act() fills the others in. learned_dims indexes the env's action vector.
+        fixed = (dataset_stats or {}).get("fixed_actions") or [None] * action_dim
+        if self.cfg.data.fixed_action_dims == "none" or all(v is not None for v in fixed):
+            fixed = [None] * action_dim
+        self.learned_dims = [i for i, v in enumerate(fixed) if v is None]
+        self.register_buffer("action_fill", torch.tensor([0.0 if v is None else v for v in fixed]), persistent=False)
+        self.register_buffer("learned_index", torch.tensor(self.learned_dims, dtype=torch.long), persistent=False)
+        net_action_dim = len(self.learned_dims)
         enc_kw = dict(image_keys=list(image_keys), image_size=image_size, proprio_dim=proprio_dim,
                       feature_dim=m.feature_dim)
+        if m.encoder == "drq":
+            enc_kw.update(channels=m.channels, num_layers=m.num_layers, pool=m.pool)
         self.encoder = make_encoder(m.encoder, **enc_kw)
-        self.actor_encoder = make_encoder(m.encoder, **enc_kw) if m.actor_encoder == "separate" else None
-        self.q = QHeads(m.feature_dim, action_dim, hidden=tuple(m.hidden_dims))
-        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.actor = TanhGaussianActor(m.feature_dim, action_dim, hidden=tuple(m.hidden_dims))
+        is_bc = self.cfg.algorithm == "bc"  # BC: the actor reads (and trains) `encoder`; no critic
+        self.actor_encoder = make_encoder(m.encoder, **enc_kw) if m.actor_encoder == "separate" and not is_bc else None
+        stats = dataset_stats or {}
+        if self.cfg.data.normalize_proprio and stats.get("proprio_mean") and proprio_dim:
+            for enc in (self.encoder, self.actor_encoder):
+                if enc is not None:
+                    enc.set_proprio_stats(stats["proprio_mean"], stats["proprio_std"])
+        self._register_load_state_dict_pre_hook(_drop_derived_buffers)
+        self.q = None if is_bc else QHeads(m.feature_dim, net_action_dim, hidden=tuple(m.hidden_dims))
+        self.q_target = None if is_bc else copy.deepcopy(self.q).requires_grad_(False)
+        self.actor = TanhGaussianActor(m.feature_dim, net_action_dim, hidden=tuple(m.hidden_dims))
         # A fixed alpha takes no gradient (DDP insists every trainable parameter gets one each step).
         self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.algo.init_alpha)),
-                                      requires_grad=self.cfg.algo.auto_alpha)
+                                      requires_grad=self.cfg.algo.auto_alpha and not is_bc)
         self.log_alpha_prime = nn.Parameter(torch.zeros(())) if self.cfg.cql.lagrange else None
         self.update_generator: Optional[torch.Generator] = None
         self._pending_generator_state: Optional[torch.Tensor] = None
@@ -74,11 +101,13 @@ class DR3CQL(L.LightningModule):
                     self.log_alpha, self.log_alpha_prime)
 
     def critic_parameters(self) -> list[nn.Parameter]:
+        if self.q is None:  # BC: no critic
+            return []
         return list(self.encoder.parameters()) + list(self.q.parameters())
 
     def actor_parameters(self) -> list[nn.Parameter]:
-        enc = [] if self.actor_encoder is None else list(self.actor_encoder.parameters())
-        return enc + list(self.actor.parameters())
+        enc = self.encoder if self.q is None else self.actor_encoder
+        return ([] if enc is None else list(enc.parameters())) + list(self.actor.parameters())
 
     def configure_optimizers(self):
         # One Adam with a parameter group per learner (critic, actor, alpha, Lagrange multiplier). Adam is
@@ -86,11 +115,12 @@ class DR3CQL(L.LightningModule):
         # training step (it counts every optimizer's step in global_step / max_steps).
         a = self.cfg.algo
         groups = [{"params": self.critic_parameters(), "lr": a.critic_lr, "name": "critic"},
-                  {"params": self.actor_parameters(), "lr": a.actor_lr, "name": "actor"},
-                  {"params": [self.log_alpha], "lr": a.alpha_lr, "name": "alpha"}]
+                  {"params": self.actor_parameters(), "lr": a.actor_lr, "name": "actor"}]
+        if self.q is not None:  # BC has no critic and no temperature: its optimizer holds the actor alone
+            groups.append({"params": [self.log_alpha], "lr": a.alpha_lr, "name": "alpha"})
         if self.log_alpha_prime is not None:
             groups.append({"params": [self.log_alpha_prime], "lr": a.critic_lr, "name": "alpha_prime"})
-        return torch.optim.Adam(groups)
+        return torch.optim.Adam([g for g in groups if g["params"]])
 
     def make_update_generator(self) -> torch.Generator:
         """Generator of the update's own noise (uniform and policy actions), seeded per rank, on the device."""
@@ -133,15 +163,17 @@ class DR3CQL(L.LightningModule):
                         "grad_norm_actor": grad_norm(self.actor_parameters())}
         self._guard(step, out, torch.linalg.vector_norm(torch.stack(list(grad_metrics.values()))))
         clip = self.cfg.algo.grad_clip
-        if clip > 0:
+        if clip > 0 and self.q is not None:
             torch.nn.utils.clip_grad_norm_(self.critic_parameters(), clip, foreach=True)
+        if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.actor_parameters(), clip, foreach=True)
         return out, grad_metrics
 
     def optimizer_step(self, opt) -> None:
         """The optimizer step, then the Polyak update of the target critic."""
         opt.step()
-        polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
+        if self.q is not None:
+            polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
 
     def _guard(self, step: int, out, gnorm: torch.Tensor) -> None:
         """Record (with device ops only, no host sync) the first step at which each guarded value is non-finite."""
@@ -170,15 +202,8 @@ class DR3CQL(L.LightningModule):
 
     def _log_diagnostics(self, out, batch: Batch, grad_metrics: dict, step: int) -> None:
         metrics = dict(out.metrics)
-        # Encoder features phi(s)·phi(s') (the DR3 diagnostic, logged whether DR3 is on or off) ...
-        metrics.update(D.feature_stats(out.phi, out.phi_next))
-        metrics["srank"] = D.srank(out.phi)
-        # ... and the Q heads' penultimate layer phi(s,a)·phi(s',a') with the a' of the backup.
-        with torch.no_grad():
-            pen = self.q(out.phi, batch.action, return_penultimate=True)[2]
-            pen_next = self.q(out.phi_next, out.a_prime, return_penultimate=True)[2]
-        metrics.update({f"pen_{k}": v for k, v in D.feature_stats(pen, pen_next).items()})
-        metrics["srank_penultimate"] = D.srank(pen[0])
+        if self.q is not None:
+            self._feature_diagnostics(metrics, out, batch)
         metrics.update(grad_metrics)
         now = time.perf_counter()
         if self._last_log_time is not None and step > self._last_log_step:
@@ -192,6 +217,17 @@ class DR3CQL(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1,
                       prog_bar=False)
 
+    def _feature_diagnostics(self, metrics: dict, out, batch: Batch) -> None:
+        # Encoder features phi(s)·phi(s') (the DR3 diagnostic, logged whether DR3 is on or off) ...
+        metrics.update(D.feature_stats(out.phi, out.phi_next))
+        metrics["srank"] = D.srank(out.phi)
+        # ... and the Q heads' penultimate layer phi(s,a)·phi(s',a') with the a' of the backup.
+        with torch.no_grad():
+            pen = self.q(out.phi, batch.action, return_penultimate=True)[2]
+            pen_next = self.q(out.phi_next, out.a_prime, return_penultimate=True)[2]
+        metrics.update({f"pen_{k}": v for k, v in D.feature_stats(pen, pen_next).items()})
+        metrics["srank_penultimate"] = D.srank(pen[0])
+
     # -- acting ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
@@ -199,9 +235,16 @@ class DR3CQL(L.LightningModule):
         """Actions in [-1, 1] for a batch of observations (uint8 images (B,3,H,W), 'proprio' (B,P))."""
         enc = self.actor_encoder if self.actor_encoder is not None else self.encoder
         phi = enc(obs)
-        if deterministic:
-            return self.actor.mode(phi)
-        return self.actor.sample(phi, generator=generator)[0]
+        a = self.actor.mode(phi) if deterministic else self.actor.sample(phi, generator=generator)[0]
+        return self.full_action(a)
+
+    def full_action(self, a: torch.Tensor) -> torch.Tensor:
+        """The env's action from the networks' (learned dims only): fixed dims take their dataset value."""
+        if a.shape[-1] == self.action_fill.shape[0]:
+            return a
+        full = self.action_fill.to(a.dtype).expand(*a.shape[:-1], -1).clone()
+        full[..., self.learned_index] = a
+        return full
 
     # -- checkpoint contents --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

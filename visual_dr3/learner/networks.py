@@ -69,6 +69,11 @@ class _EncoderBase(nn.Module):
 
     def _build_bottleneck(self, trunk_dim: int) -> None:
         self.trunk_dim = trunk_dim  # flattened camera features + proprio
+        # Proprio standardisation (x - mean) / std with the dataset's statistics (identity until set). Not in the
+        # state_dict: the owner sets them from the statistics it keeps (DR3CQL: its hyperparameters, so they are in
+        # every checkpoint), and checkpoints written before this existed still load.
+        self.register_buffer("proprio_mean", torch.zeros(self.proprio_dim), persistent=False)
+        self.register_buffer("proprio_std", torch.ones(self.proprio_dim), persistent=False)
         self.bottleneck = nn.Sequential(
             nn.Linear(trunk_dim, self.feature_dim), nn.LayerNorm(self.feature_dim), nn.Tanh()
         )
@@ -80,8 +85,16 @@ class _EncoderBase(nn.Module):
         """``cat([flattened features of each camera, proprio], -1)``: ``(B, trunk_dim)``, before the bottleneck."""
         parts = [self._camera_features(k, obs[k]) for k in self.image_keys]
         if self.proprio_dim:
-            parts.append(obs[PROPRIO_KEY].to(parts[0].dtype))
+            proprio = (obs[PROPRIO_KEY] - self.proprio_mean) / self.proprio_std
+            parts.append(proprio.to(parts[0].dtype))
         return torch.cat(parts, dim=-1)
+
+    def set_proprio_stats(self, mean, std, min_std: float = 1e-3) -> None:
+        """Standardise proprio with these per-dimension statistics (std floored at ``min_std``)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(self.proprio_dim)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(self.proprio_dim).clamp_min(min_std)
+        self.proprio_mean.copy_(mean)
+        self.proprio_std.copy_(std)
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
         """``phi = tanh(LayerNorm(Linear(trunk(obs))))``: ``(B, feature_dim)``."""
@@ -92,8 +105,9 @@ class ConvEncoder(_EncoderBase):
     """DrQ-v2 style conv encoder, one conv stack per camera (separate weights).
 
     Per camera: ``num_layers`` 3x3 convs with ``channels`` channels, the first with stride 2, ReLU after
-    each, no padding; output flattened (``channels * h' * w'``, 32*35*35 = 39200 for 84x84). Images are
-    uint8 ``(B, 3, H, W)`` (any memory format), scaled to ``x / 255 - 0.5`` inside.
+    each, no padding; output flattened (``channels * h' * w'``, 32*35*35 = 39200 for 84x84) or, with
+    ``pool="spatial_softmax"``, reduced to ``num_kp`` soft-argmax keypoints (``2 * num_kp`` numbers). Images
+    are uint8 ``(B, 3, H, W)`` (any memory format), scaled to ``x / 255 - 0.5`` inside.
     """
 
     def __init__(
@@ -104,10 +118,14 @@ class ConvEncoder(_EncoderBase):
         feature_dim: int = 256,
         channels: int = 32,
         num_layers: int = 4,
+        pool: str = "flatten",
+        num_kp: int = 32,
     ):
         super().__init__()
         if not image_keys:
             raise ValueError("ConvEncoder: need at least one image key")
+        if pool not in ("flatten", "spatial_softmax"):
+            raise ValueError(f"ConvEncoder: pool {pool!r}; expected 'flatten' or 'spatial_softmax'")
         self.image_keys = tuple(image_keys)
         self.proprio_dim = int(proprio_dim)
         self.feature_dim = int(feature_dim)
@@ -121,12 +139,19 @@ class ConvEncoder(_EncoderBase):
             for _ in range(num_layers - 1):
                 layers += [nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(inplace=True)]
             self.convs[k] = nn.Sequential(*layers)
-        self.camera_dim = channels * out_h * out_w
+        self.pools = nn.ModuleDict()
+        if pool == "spatial_softmax":
+            for k in self.image_keys:
+                self.pools[k] = SpatialSoftmax(channels, out_h, out_w, num_kp)
+            self.camera_dim = 2 * num_kp
+        else:
+            self.camera_dim = channels * out_h * out_w
         self._build_bottleneck(self.camera_dim * len(self.image_keys) + self.proprio_dim)
         self.apply(weight_init)
 
     def _camera_features(self, key: str, image: Tensor) -> Tensor:
-        return self.convs[key](_normalize_uint8(image)).flatten(1)
+        x = self.convs[key](_normalize_uint8(image))
+        return self.pools[key](x) if key in self.pools else x.flatten(1)
 
 
 class SpatialSoftmax(nn.Module):

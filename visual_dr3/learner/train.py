@@ -21,6 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 QUIET_WARNINGS = (".*does not have many workers.*", ".*IterableDataset.*", ".*pre-optimization state.*",
                   ".*exists and is not empty.*", ".*LeafSpec.*", ".*weights_only.*", ".*anonymous setting.*")
 CONFIGS_DIR = REPO_ROOT / "configs"
+PRESET_WHY = {"cpu": "configs/cpu/<task>.yaml over configs/<task>.yaml: small images and a short schedule that "
+                     "learns on a few CPU cores",
+              "gpu": "configs/<task>.yaml: the full-scale schedule"}
 
 
 def _rank(local: bool = False) -> int:
@@ -75,7 +78,9 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
         return path
     from visual_dr3.envs.tasks import default_dataset_path
 
-    path = REPO_ROOT / default_dataset_path(task.name)
+    kind = cfg.data.kind or task.default_kind
+    episodes = cfg.data.episodes or task.default_episodes
+    path = REPO_ROOT / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
     if path.is_file():
         return path
     if _rank(local=True) != 0:
@@ -88,10 +93,12 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
     from visual_dr3.data.generate import generate_dataset
 
     print(f"[visual-dr3] {path} is missing: generating the default '{task.name}' dataset "
-          f"({task.default_episodes} episodes, kind {task.default_kind}) first.", flush=True)
+          f"({episodes} episodes, kind {kind}, {cfg.data.image_size} px) first.", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    generate_dataset(task=task.name, episodes=task.default_episodes, out=str(path), kind=task.default_kind,
-                     seed=cfg.seed, workers=max(1, (os.cpu_count() or 1)))
+    # data seed 0 whatever the run's seed: the file's name does not hold a seed, and every run seed that finds
+    # it must train on the same data
+    generate_dataset(task=task.name, episodes=episodes, out=str(path), kind=kind, image_size=cfg.data.image_size,
+                     seed=0, workers=max(1, (os.cpu_count() or 1)))
     return path
 
 
@@ -137,11 +144,16 @@ def check_resume_compatible(path: Path, cfg: TrainConfig, info: dict) -> int:
         raise UserError(f"--resume {path}: not a visual-dr3 checkpoint ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     old = meta.get("config", {})
+    now = to_dict(cfg)
+    # what a checkpoint written before a key existed had: the model fields' defaults, CQL, every action dim learned
+    legacy = {"algorithm": "cql", "data.fixed_action_dims": "none"}
     diffs = []
-    for key in ("model", "cql.lagrange", "algo.auto_alpha"):
-        a, b = old, to_dict(cfg)
+    for key in ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fixed_action_dims"):
+        a, b = old, now
         for part in key.split("."):
-            a, b = (a or {}).get(part), (b or {}).get(part)
+            a, b = (a or {}).get(part, legacy.get(key)), (b or {}).get(part)
+        if key == "model" and isinstance(a, dict):
+            a = {**to_dict(TrainConfig())["model"], **a}
         if a != b:
             diffs.append(f"{key}: checkpoint {a!r}, now {b!r}")
     if meta.get("image_size") not in (None, info["image_size"]):
@@ -210,6 +222,14 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     from visual_dr3.learner.module import DR3CQL, TrainingDiverged
 
     task = get_task(cfg.task)
+    if _rank() == 0:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        why = ("forced by --preset or VISUAL_DR3_PRESET" if (cfg.preset == "gpu") != cuda
+               else "CUDA device visible" if cuda else "no CUDA device visible")
+        print(f"[visual-dr3] preset {cfg.preset} ({why}): {PRESET_WHY.get(cfg.preset, '')}; --preset cpu|gpu "
+              f"forces one", flush=True)
     dataset = resolve_dataset(cfg, task)
     out = Path(cfg.output_dir or f"runs/{task.name}")
     if _rank() == 0:  # the other ranks start after rank 0 has written config.yaml
@@ -232,6 +252,11 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     if info["meta"].get("task") not in (None, task.name):
         raise UserError(f"{dataset}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
 
+    from visual_dr3.data.replay import SourceSpec
+    from visual_dr3.data.stats import dataset_stats
+
+    sources = [SourceSpec(path=s.path or str(dataset), filter_key=s.filter_key) for s in cfg.data.sources]
+    stats = dataset_stats(sources, image_keys, proprio_keys, task.action_dim)
     resume_step = None
     if resume is not None:
         resume_step = check_resume_compatible(Path(resume), cfg, info)
@@ -239,17 +264,18 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
 
     torch.set_float32_matmul_precision("high")
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS, when set, rules
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.devices)))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = DR3CQL(to_dict(cfg), image_keys=image_keys, proprio_keys=proprio_keys,
                     proprio_dim=info["proprio_dim"], image_size=info["image_size"], action_dim=task.action_dim,
-                    env_args=info["env_args"], dataset_meta=info["meta"])
+                    env_args=info["env_args"], dataset_meta=info["meta"], dataset_stats=stats)
     if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the plain module
         module.encoder.compile()
         module.q.compile()
     make_dm = datamodule_factory or ReplayDataModule
-    dm = make_dm(cfg, str(dataset), image_keys, proprio_keys, task.action_dim, info["image_size"])
+    dm = make_dm(cfg, str(dataset), image_keys, proprio_keys, task.action_dim, info["image_size"],
+                 learned_dims=module.learned_dims)
     trainer = build_trainer(cfg, out, extra_callbacks, resume_step=resume_step)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -267,7 +293,8 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = {
-        "task": task.name, "dataset": str(dataset), "output_dir": str(out), "steps": trainer.global_step,
+        "task": task.name, "algorithm": cfg.algorithm, "preset": cfg.preset, "dataset": str(dataset),
+        "output_dir": str(out), "steps": trainer.global_step,
         "seconds": round(seconds, 1), "steps_per_s": round(trainer.global_step / max(seconds, 1e-9), 2),
         "transitions": getattr(getattr(dm, "replay", None), "num_transitions", None),
         "last_checkpoint": str(out / "checkpoints" / "last.ckpt"),
@@ -281,7 +308,8 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
 
 def print_summary(s: dict) -> None:
     print("\n== visual-dr3 training summary ==")
-    for k in ("task", "dataset", "transitions", "steps", "seconds", "steps_per_s", "output_dir", "last_checkpoint"):
+    for k in ("task", "algorithm", "preset", "dataset", "transitions", "steps", "seconds", "steps_per_s",
+              "output_dir", "last_checkpoint"):
         print(f"  {k:16s} {s[k]}")
     for k, v in s["metrics"].items():
         print(f"  {k:16s} {v:.4g}")

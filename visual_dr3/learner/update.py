@@ -59,10 +59,41 @@ def _frozen_q(q: nn.Module, phi: Tensor, action: Tensor):
     return functional_call(q, params, (phi, action))
 
 
+def imitation_score(actor: nn.Module, phi: Tensor, action: Tensor, kind: str) -> Tensor:
+    """Per-sample score of dataset actions that imitation maximises, ``(B,)``: ``nll`` -> log pi(a|s);
+    ``mse`` -> -sum_i (tanh(mu(s))_i - a_i)^2 (deterministic regression of the mean action)."""
+    if kind == "mse":
+        return -(actor.mode(phi) - action).pow(2).sum(-1)
+    return actor.log_prob(phi, action)
+
+
+def compute_bc_update(nets: Nets, batch: Batch, cfg: TrainConfig,
+                      generator: Optional[torch.Generator] = None) -> UpdateOut:
+    """Behaviour cloning (``algorithm: bc``): maximise the imitation score of the dataset action (log pi(a_data|s),
+    or minus the squared error of the mean action with ``bc_loss: mse``) through ``nets.encoder``; s' is unused
+    and there is no critic (:func:`~visual_dr3.learner.losses.bc_actor_loss` with no entropy term).
+    """
+    phi = nets.encoder(batch.obs)
+    log_prob = imitation_score(nets.actor, phi, batch.action, cfg.algo.bc_loss)
+    loss = L.bc_actor_loss(log_prob, log_prob.detach(), 0.0)
+    with torch.no_grad():
+        mode = nets.actor.mode(phi)
+        _, logp = nets.actor.sample(phi, generator=generator)
+    metrics = {"actor_loss": loss.detach(), "bc_nll": loss.detach(),
+               "bc_mse": (mode - batch.action).pow(2).mean(), "entropy": (-logp).mean()}
+    zero = phi.new_zeros(())
+    return UpdateOut(total=loss, parts={"critic": zero, "actor": loss, "alpha": zero, "lagrange": zero},
+                     metrics=metrics, phi=phi.detach(), phi_next=phi.detach(), a_prime=batch.action)
+
+
 def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
                    generator: Optional[torch.Generator] = None) -> UpdateOut:
     """All losses of one step. ``step`` is the global step (a Python int: BC warm-up switch)."""
+    if cfg.algorithm == "bc":
+        return compute_bc_update(nets, batch, cfg, generator)
     algo, cql, dr3 = cfg.algo, cfg.cql, cfg.dr3
+    # n-step batches carry gamma^k per sample (k steps summed into the reward); one-step ones use gamma
+    discount = batch.discount if batch.discount is not None else algo.discount
     B, A = batch.action.shape
     obs_all = _stack(batch)
 
@@ -83,11 +114,11 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
         if cql.max_q_backup and algo.backup == "td":
             a_n, _ = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=cql.num_actions)
             tq1, tq2 = nets.q_target(phi_next.detach(), a_n)
-            target = L.td_target(tq1, tq2, batch.reward, done, algo.discount, max_q_backup=True)
+            target = L.td_target(tq1, tq2, batch.reward, done, discount, max_q_backup=True)
         else:
             tq1, tq2 = nets.q_target(phi_next.detach(), a_next)
             use_ent = algo.entropy_backup and next_logp is not None
-            target = L.td_target(tq1, tq2, batch.reward, done, algo.discount,
+            target = L.td_target(tq1, tq2, batch.reward, done, discount,
                                  next_log_prob=next_logp if use_ent else None,
                                  alpha=alpha if use_ent else None)
 
@@ -139,11 +170,22 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
 
     # --- actor and temperature -----------------------------------------------------------------------
     a_pi, logp_pi = nets.actor.sample(actor_phi, generator=generator)
+    awr_w = None
     if step < algo.bc_warmup_steps:
-        actor_loss = L.bc_actor_loss(nets.actor.log_prob(actor_phi, batch.action), logp_pi, alpha)
+        actor_loss = L.bc_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss), logp_pi,
+                                     alpha)
     else:
         qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
-        actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
+        if algo.actor_objective == "awr":
+            with torch.no_grad():  # V(s) ~ Q at the policy's mean action (its spread is not imitated with mse)
+                v = torch.min(*nets.q(phi.detach(), nets.actor.mode(actor_phi.detach())))
+            actor_loss, awr_w = L.awr_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss),
+                                                 torch.min(q1, q2), v, algo.awr_beta, algo.awr_max_weight)
+        else:
+            actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
+        if algo.bc_weight > 0:
+            actor_loss = actor_loss - algo.bc_weight * imitation_score(nets.actor, actor_phi, batch.action,
+                                                                       algo.bc_loss).mean()
     if algo.auto_alpha:
         target_entropy = -float(A) if algo.target_entropy is None else algo.target_entropy
         alpha_loss = L.alpha_loss(nets.log_alpha, logp_pi.detach(), target_entropy)
@@ -163,7 +205,11 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
         "alpha": alpha,
         "alpha_loss": alpha_loss.detach(),
         "entropy": (-logp_pi).mean().detach(),
+        # how far the policy's mean action is from the data's (what BC minimises; for every algorithm)
+        "bc_mse": (nets.actor.mode(actor_phi.detach()) - batch.action).pow(2).mean().detach(),
     }
+    if awr_w is not None:
+        metrics["awr_weight"] = awr_w.mean().detach()
     if cql.lagrange:
         metrics["alpha_prime"] = alpha_prime.detach()
     parts = {"critic": critic_loss, "actor": actor_loss, "alpha": alpha_loss, "lagrange": lagrange_loss}
