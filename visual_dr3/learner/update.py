@@ -79,7 +79,7 @@ def compute_bc_update(nets: Nets, batch: Batch, cfg: TrainConfig,
     with torch.no_grad():
         mode = nets.actor.mode(phi)
         _, logp = nets.actor.sample(phi, generator=generator)
-    metrics = {"actor_loss": loss.detach(), "bc_nll": loss.detach(),
+    metrics = {"actor_loss": loss.detach(), "bc_loss": loss.detach(),
                "bc_mse": (mode - batch.action).pow(2).mean(), "entropy": (-logp).mean()}
     zero = phi.new_zeros(())
     return UpdateOut(total=loss, parts={"critic": zero, "actor": loss, "alpha": zero, "lagrange": zero},
@@ -175,13 +175,13 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
         actor_loss = L.bc_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss), logp_pi,
                                      alpha)
     else:
-        qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
         if algo.actor_objective == "awr":
             with torch.no_grad():  # V(s) ~ Q at the policy's mean action (its spread is not imitated with mse)
                 v = torch.min(*nets.q(phi.detach(), nets.actor.mode(actor_phi.detach())))
             actor_loss, awr_w = L.awr_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss),
                                                  torch.min(q1, q2), v, algo.awr_beta, algo.awr_max_weight)
         else:
+            qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
             actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
         if algo.bc_weight > 0:
             actor_loss = actor_loss - algo.bc_weight * imitation_score(nets.actor, actor_phi, batch.action,
