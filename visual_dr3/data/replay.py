@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from visual_dr3.data.nstep import n_step_transitions
 from visual_dr3.data.validate import FilePlan, first_line, open_h5, scan_file
 from visual_dr3.errors import UserError
 
@@ -65,8 +66,8 @@ PROPRIO_KEY = "proprio"
 PROGRESS_MIN_DEMOS = 50  # progress=None shows a bar from this many demos on
 _RAND_HIGH = 2 ** 62  # uniform int64 draws reduced modulo the source size (bias <= size / 2**62)
 
-__all__ = ["SourceSpec", "Batch", "ResidentReplay", "load_replay", "split_counts", "weights_by_size",
-           "PROPRIO_KEY"]
+__all__ = ["SourceSpec", "Batch", "ResidentReplay", "load_replay", "n_step_transitions", "split_counts",
+           "weights_by_size", "PROPRIO_KEY"]
 
 
 @dataclass(frozen=True)
@@ -336,33 +337,6 @@ def _as_hw(size) -> Optional[tuple[int, int]]:
         return int(size), int(size)
     h, w = size
     return int(h), int(w)
-
-
-def n_step_transitions(reward: np.ndarray, done: np.ndarray, obs_index: np.ndarray, next_index: np.ndarray,
-                       valid: np.ndarray, n: int, gamma: float) -> dict[str, np.ndarray]:
-    """n-step versions of one-step transitions stored demo after demo (see the module docstring).
-
-    Step t continues into t+1 when they belong to the same demo (``obs_index[t+1] == next_index[t]``), t is
-    not terminal and t+1 is sampleable (``valid``). Returns ``reward`` (float32 n-step return), ``last``
-    (int64: the step t+k-1 whose s', done and a' the transition takes) and ``discount`` (float32 gamma^k).
-    """
-    N = len(reward)
-    if n < 1:
-        raise ValueError(f"n_step_transitions: n must be >= 1, got {n}")
-    ret = reward.astype(np.float64)
-    last = np.arange(N, dtype=np.int64)
-    k = np.ones(N, dtype=np.int64)
-    links = np.zeros(N, dtype=bool)  # t -> t+1 continues the same backup chain
-    if N > 1:
-        links[:-1] = (obs_index[1:] == next_index[:-1]) & (done[:-1] == 0) & valid[1:]
-    alive = links.copy()
-    for j in range(1, n):
-        nxt = np.minimum(last + 1, N - 1)
-        ret = np.where(alive, ret + gamma ** j * reward[nxt], ret)
-        last = np.where(alive, nxt, last)
-        k = np.where(alive, j + 1, k)
-        alive = alive & links[nxt]
-    return {"reward": ret.astype(np.float32), "last": last, "discount": (gamma ** k).astype(np.float32)}
 
 
 def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str], action_dim: Optional[int] = None,
