@@ -277,17 +277,22 @@ def _display(cmd: Sequence[str]) -> str:
 
 
 def ensure_datasets(datasets: Sequence[DatasetSpec], workers: int, dry_run: bool) -> None:
-    """Generate each missing dataset (once, in order); an existing file is used as it is."""
+    """Generate each missing dataset (once, in order); an existing file is used as it is, unless an older
+    version of the scripted policies made it."""
+    from visual_dr3.data.generate import made_by_older_script
+
     seen: set[Path] = set()
     for d in datasets:
         if d.path in seen:
             continue
         seen.add(d.path)
-        if d.path.is_file():
+        stale = d.path.is_file() and made_by_older_script(d.path)
+        if d.path.is_file() and not stale:
             say(f"dataset {d.path}: exists")
             continue
         cmd = d.command(min(workers, os.cpu_count() or 1))
-        say(f"dataset {d.path}: missing; {'would generate' if dry_run else 'generating'}: {_display(cmd)}")
+        why = "made by an older scripted policy" if stale else "missing"
+        say(f"dataset {d.path}: {why}; {'would generate' if dry_run else 'generating'}: {_display(cmd)}")
         if dry_run:
             continue
         d.path.parent.mkdir(parents=True, exist_ok=True)

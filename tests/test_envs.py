@@ -156,3 +156,76 @@ def test_scripted_policies_succeed_without_noise(task):
         assert not ok and policy.grasped and policy.finished
     finally:
         env.close()
+
+
+def test_scripted_aim_offset_is_drawn_per_episode_within_its_radius(lift_env):
+    from visual_dr3.envs.scripted import LiftPolicy, PickPlaceCanPolicy, StackPolicy
+
+    assert (LiftPolicy.AIM_RADIUS, PickPlaceCanPolicy.AIM_RADIUS, StackPolicy.AIM_RADIUS) == (0.012, 0.01, 0.0)
+    aims = []
+    policy = LiftPolicy(lift_env, rng=np.random.default_rng(5))
+    for _ in range(200):
+        policy.reset()
+        aims.append(policy.aim.copy())
+    aims = np.array(aims)
+    assert np.all(aims[:, 2] == 0) and np.all(np.linalg.norm(aims[:, :2], axis=1) <= 0.012)
+    assert np.linalg.norm(aims[:, :2], axis=1).max() > 0.011  # the whole disk, not a point
+    assert (LiftPolicy.CLOSE_BAND, PickPlaceCanPolicy.CLOSE_BAND, StackPolicy.CLOSE_BAND) == (
+        (0.003, 0.02), (0.003, 0.02), None)
+    # the same rng seed gives the same aims (generated datasets stay a function of their seed)
+    again = LiftPolicy(lift_env, rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(again.aim, LiftPolicy(lift_env, rng=np.random.default_rng(5)).aim)
+
+
+def test_scripted_lift_closes_at_the_grasp_height_and_lifts_once_the_fingers_stop(lift_env):
+    from visual_dr3.envs.make import reset_env
+    from visual_dr3.envs.scripted import make_policy
+
+    obs = reset_env(lift_env, 2)
+    policy = make_policy("lift", lift_env, sigma=0.0, rng=np.random.default_rng(2))
+    phases, widths, heights = [], [], []
+    for _ in range(get_task("lift").horizon):
+        cube_z = policy.body_pos(lift_env.cube_body_id)[2]
+        heights.append(policy.eef_pos()[2] - cube_z)
+        action = policy(obs)
+        phases.append(policy.phase)
+        widths.append(policy.gripper_width())
+        obs, _, _, _ = lift_env.step(action)
+        if lift_env._check_success():
+            break
+    assert lift_env._check_success()
+    phases = np.array(phases)
+    first_close = int(np.argmax(phases == 2))
+    # closing starts at the episode's drawn height over the grasp point (the cube's centre - 5 mm), whatever
+    # the xy offset, and the hand goes on down while the fingers close
+    assert 0.003 <= policy.close_tol <= 0.02
+    assert heights[first_close] - (-0.005) < policy.close_tol
+    assert heights[first_close - 1] - (-0.005) >= policy.close_tol
+    closing = int((phases == 2).sum())
+    assert heights[first_close + closing - 1] < heights[first_close] - 0.003
+    assert 3 <= closing < 10  # ended by the fingers stopping, before the 10-step limit
+    lift = first_close + closing  # the first lifting step: the width did not change since the last step
+    assert phases[lift] == 3 and abs(widths[lift] - widths[lift - 1]) < 5e-4
+    assert abs(widths[first_close + 2] - widths[first_close + 1]) > 5e-4  # while closing it did
+
+
+def test_datasets_of_an_older_scripted_policy_are_recognised(tmp_path):
+    import h5py
+
+    from visual_dr3.data.generate import made_by_older_script
+    from visual_dr3.envs.scripted import SCRIPTED_VERSION
+
+    def write(name, meta):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            g = f.create_group("data")
+            if meta is not None:
+                g.attrs["visual_dr3"] = json.dumps(meta)
+        return path
+
+    assert made_by_older_script(write("v1.hdf5", {"generator": "scripted"}))  # before the version was stored
+    assert made_by_older_script(write("old.hdf5", {"generator": "scripted", "scripted_version": SCRIPTED_VERSION - 1}))
+    assert not made_by_older_script(write("now.hdf5", {"generator": "scripted", "scripted_version": SCRIPTED_VERSION}))
+    assert not made_by_older_script(write("robomimic.hdf5", None))  # not ours: used as it is
+    (tmp_path / "junk.hdf5").write_text("not hdf5")
+    assert not made_by_older_script(tmp_path / "junk.hdf5")

@@ -227,3 +227,25 @@ def test_eval_callback_under_two_process_ddp(lift_dataset, tmp_path):
     # the CSV logger got the eval metrics at the training step
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "eval/success_rate" in header and "eval/success_ci95_high" in header
+
+
+def test_grasp_trace_classes_each_episode(checkpoint):
+    """experiments/grasp_trace.py on a real checkpoint: one line and one class per episode, a summary, and the
+    episode seeds of every evaluation (episode_seed(seed, i))."""
+    import numpy as np
+
+    from experiments import grasp_trace
+
+    out = grasp_trace.main(["--checkpoint", str(checkpoint), "--episodes", "2", "--seed", "7", "--horizon", "6",
+                            "--steps"])
+    assert [e["seed"] for e in out["episodes"]] == [episode_seed(7, 0), episode_seed(7, 1)]
+    assert sum(out["counts"].values()) == 2
+    for e in out["episodes"]:
+        assert e["length"] == 6 and e["rows"].shape == (6, 10) and e["class"] in (
+            "never closed", "closed off target", "closed, not lifted", "lifted, no success")
+    # the classes, exactly
+    assert grasp_trace.classify(True, None, 0.0) == "success"
+    assert grasp_trace.classify(False, None, 0.0) == "never closed"
+    assert grasp_trace.classify(False, np.array([0.012, 0.012, 0.0]), 0.0) == "closed off target"
+    assert grasp_trace.classify(False, np.array([0.01, 0.0, 0.0]), 0.004) == "closed, not lifted"
+    assert grasp_trace.classify(False, np.array([0.01, 0.0, 0.0]), 0.02) == "lifted, no success"

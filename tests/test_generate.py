@@ -77,6 +77,9 @@ def test_layout_matches_interfaces(mixed_file):
         assert meta["task"] == "lift" and meta["kind"] == "mixed" and meta["image_size"] == SIZE
         assert meta["cameras"] == ["agentview", "robot0_eye_in_hand"] and meta["episodes"] == 2
         assert meta["render"]["reflection"] is False and meta["render"]["offsamples"] == 0
+        from visual_dr3.envs.scripted import SCRIPTED_VERSION
+
+        assert meta["generator"] == "scripted" and meta["scripted_version"] == SCRIPTED_VERSION
         total = 0
         for name in ("demo_0", "demo_1"):
             d = data[name]

@@ -78,7 +78,8 @@ def test_scripted_data_fixes_rotation_and_learns_the_rest(lift_dataset):
 
 
 def test_bc_learns_actions_from_observations(lift_expert_dataset, torch_threads):
-    module, replay = build(small_config(algorithm="bc", **{"algo.actor_lr": 1e-3}), lift_expert_dataset)
+    module, replay = build(small_config(algorithm="bc", **{"algo.actor_lr": 1e-3, "algo.bc_loss": "mse"}),
+                           lift_expert_dataset)
     batch = all_transitions(replay)
     const_mse = (batch.action - batch.action.mean(0)).pow(2).mean().item()
 
@@ -87,11 +88,12 @@ def test_bc_learns_actions_from_observations(lift_expert_dataset, torch_threads)
             return (module.actor.mode(module.encoder(batch.obs)) - batch.action).pow(2).mean().item()
 
     start = mse()
-    train(module, replay, 1000)  # measured: 0.37 -> 0.13 in 600 steps (the best constant action: 0.26)
+    train(module, replay, 1000)  # with the squared-error imitation of the CPU preset
     end = mse()
     assert module.q is None and module.critic_parameters() == []
-    assert end < 0.35 * start, (start, end)
-    assert end < 0.5 * const_mse, (const_mse, end)
+    # measured: 0.39 -> 1e-5 in 1,000 steps on the 4-demo file (best constant action: 0.25)
+    assert end < 0.05 * start, (start, end)
+    assert end < 0.1 * const_mse, (const_mse, end)
 
 
 def test_cql_ranks_data_actions_and_propagates_reward(lift_dataset, torch_threads):

@@ -41,6 +41,35 @@ def test_conv_encoder_shapes_uint8(keys):
     assert enc.trunk(_obs(keys)).shape == (3, enc.trunk_dim)
 
 
+@pytest.mark.parametrize("kind", ["drq", "resnet18"])
+def test_proprio_features_get_their_own_head(kind):
+    """proprio_features N: phi = cat(camera bottleneck (F - N), tanh(LayerNorm(Linear(proprio))) (N))."""
+    enc = make_encoder(kind, KEYS2, 32, proprio_dim=5, feature_dim=16, proprio_features=4)
+    enc.set_proprio_stats([1.0] * 5, [2.0] * 5)
+    obs = _obs(KEYS2)
+    phi = enc(obs)
+    assert phi.shape == (3, 16) and phi.abs().max() <= 1.0
+    lin, ln = enc.proprio_head[0], enc.proprio_head[1]
+    z = lin((obs["proprio"] - 1.0) / 2.0)
+    expected = torch.tanh((z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + 1e-5))
+    torch.testing.assert_close(phi[:, 12:], torch.tanh(ln(z)))
+    torch.testing.assert_close(phi[:, 12:], expected)  # LayerNorm at init: weight 1, bias 0
+    cut = enc.trunk_dim - 5
+    torch.testing.assert_close(phi[:, :12], enc.bottleneck(enc.trunk(obs)[:, :cut]))
+    # the proprio part does not see the images; the image part does not see proprio
+    other = _obs(KEYS2, seed=1)
+    other["proprio"] = obs["proprio"]
+    torch.testing.assert_close(enc(other)[:, 12:], phi[:, 12:])
+    moved = dict(obs, proprio=obs["proprio"] + 1.0)
+    torch.testing.assert_close(enc(moved)[:, :12], phi[:, :12])
+    assert not torch.allclose(enc(moved)[:, 12:], phi[:, 12:])
+    # 0 is today's encoder; impossible sizes are refused
+    assert make_encoder(kind, KEYS2, 32, proprio_dim=5, feature_dim=16).proprio_head is None
+    for bad, pdim in [(16, 5), (-1, 5), (4, 0)]:
+        with pytest.raises(ValueError, match="proprio_features"):
+            make_encoder(kind, KEYS2, 32, proprio_dim=pdim, feature_dim=16, proprio_features=bad)
+
+
 def test_conv_encoder_separate_weights_and_non_square():
     enc = ConvEncoder(KEYS2, (40, 36), proprio_dim=0, feature_dim=8, channels=4, num_layers=2)
     w0, w1 = (enc.convs[k][0].weight for k in KEYS2)

@@ -211,3 +211,25 @@ def test_default_dataset_of_the_cpu_preset_is_generated_once_with_data_seed_0(tm
     assert path == tmp_path / "data" / "lift_expert_48px_50ep.hdf5" and path.is_file()
     assert [(c["kind"], c["episodes"], c["image_size"], c["seed"]) for c in calls] == [("expert", 50, 48, 0)]
     assert train.resolve_dataset(cfg, get_task("lift")) == path and len(calls) == 1  # found, not made again
+
+
+def test_proprio_features_reach_both_encoders_and_are_validated():
+    from visual_dr3.learner.config import validate
+
+    cfg = TrainConfig()
+    cfg.model.feature_dim, cfg.model.hidden_dims, cfg.model.num_layers = 16, [16], 1
+    cfg.model.actor_encoder, cfg.model.proprio_features = "separate", 4
+    m = make_module(cfg, None)
+    for enc in (m.encoder, m.actor_encoder):
+        assert enc.proprio_features == 4 and enc.proprio_head[0].out_features == 4
+        assert enc.bottleneck[0].out_features == 12
+    obs = {k: torch.zeros(2, 3, 8, 8, dtype=torch.uint8) for k in CAMS}
+    obs["proprio"] = torch.randn(2, 5)
+    assert m.act(obs).shape == (2, 7)
+    m2 = DR3CQL(**dict(m.hparams))  # what eval.py rebuilds from a checkpoint
+    m2.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m2.act(obs), m.act(obs))
+    for bad in (16, -1):
+        cfg.model.proprio_features = bad
+        with pytest.raises(UserError, match=r"^--model.proprio_features: got .*; expected an integer in \[0, "):
+            validate(cfg)

@@ -24,6 +24,10 @@ import numpy as np
 
 GAIN = 10.0
 MODES = ("full", "prior", "task")
+#: version of the scripted policies, stored in generated datasets (``scripted_version``); a default dataset
+#: made by an older version is generated again. 2: lift and pick_place aim off centre, close by height and
+#: lift once the fingers stop (learnable from one frame; see reports/learn_to_grasp/).
+SCRIPTED_VERSION = 2
 
 
 class ScriptedPolicy:
@@ -41,8 +45,24 @@ class ScriptedPolicy:
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------------
+    #: radius (m) of the per-episode xy aim offset at the grasp (0: aim at the object's centre). A learner
+    #: from 48-84 px images ends its approach up to ~1.5 cm off centre; demos that all close within a few mm
+    #: of the centre never show it closing there, so it hovers open (measured: reports/learn_to_grasp/).
+    AIM_RADIUS: float = 0.0
+    #: (low, high) m: with ``z_only`` descents, the height over the grasp point at which closing starts is drawn
+    #: per episode in this range (None: ``descend_tol``). Every height in the range is then a state where some
+    #: demo is still open and, lower down, where all have closed: a learner that reaches the bottom open sees
+    #: "close" there in the data instead of the open descent it came from.
+    CLOSE_BAND: tuple[float, float] | None = None
+
     def reset(self) -> None:
         """Call after every ``env.reset()``."""
+        self.aim = np.zeros(3)
+        if self.AIM_RADIUS > 0:  # uniform in the disk of radius AIM_RADIUS
+            r, theta = self.AIM_RADIUS * np.sqrt(self.rng.uniform()), 2 * np.pi * self.rng.uniform()
+            self.aim[:2] = r * np.cos(theta), r * np.sin(theta)
+        self.width_prev: float | None = None
+        self.close_tol = float(self.rng.uniform(*self.CLOSE_BAND)) if self.CLOSE_BAND else None
         self.phase = 0
         self.t = 0  # steps spent in the current phase
         self.anchor: np.ndarray | None = None  # a position remembered when a phase starts
@@ -82,9 +102,25 @@ class ScriptedPolicy:
         raise NotImplementedError
 
     # -- shared phases ---------------------------------------------------------------------------------
+    def gripper_width(self) -> float:
+        """Distance between the two fingers' joint positions (m): it stops shrinking when they hold the object."""
+        q = self.env.sim.data.qpos[self.env.robots[0]._ref_gripper_joint_pos_indexes["right"]]
+        return float(q[0] - q[1])
+
     def _reach_and_grasp(self, eef, obj, hover=0.08, hover_tol=0.01, hover_max=60, grasp_dz=-0.005,
-                         descend_tol=0.008, descend_max=40, close_steps=10):
-        """Phases 0-2: hover over ``obj``, descend to it, close. Returns (target, gripper) or None when done."""
+                         descend_tol=0.008, descend_max=40, close_steps=10, z_only=False, settle=False,
+                         close_descending=False):
+        """Phases 0-2: hover over ``obj`` (+ the episode's aim offset), descend to it, close. Returns
+        (target, gripper) or None when done.
+
+        ``z_only``: the descent ends when the height is within ``descend_tol`` (xy is whatever the approach
+        left), so closing depends on what proprio shows exactly. ``settle``: closing ends as soon as the
+        fingers stop moving (width change < 0.5 mm over a step, after >= 3 steps), at most ``close_steps``, so
+        the lift starts on an observable event rather than a count a single frame cannot see.
+        ``close_descending``: the descent goes on while the fingers close (the anchor is not held), so every
+        state below the closing height shows a closing gripper, including those a learner overshoots to.
+        """
+        obj = obj + self.aim
         if self.phase == 0:
             target = obj + np.array([0.0, 0.0, hover])
             if np.linalg.norm(target - eef) < hover_tol or self.t >= hover_max:
@@ -93,21 +129,27 @@ class ScriptedPolicy:
                 return target, -1.0
         if self.phase == 1:
             target = obj + np.array([0.0, 0.0, grasp_dz])
-            if np.linalg.norm(target - eef) < descend_tol or self.t >= descend_max:
+            err = abs(target[2] - eef[2]) if z_only else np.linalg.norm(target - eef)
+            tol = self.close_tol if (z_only and self.close_tol is not None) else descend_tol
+            if err < tol or self.t >= descend_max:
                 self._next(anchor=eef)
             else:
                 return target, -1.0
         if self.phase == 2:
-            if self.t >= close_steps:
+            width = self.gripper_width()
+            settled = settle and self.t >= 3 and self.width_prev is not None and self.width_prev - width < 5e-4
+            self.width_prev = width
+            if self.t >= close_steps or settled:
                 self.grasped = True
                 self._next(anchor=eef)
             else:
-                return self.anchor, 1.0
+                return (obj + np.array([0.0, 0.0, grasp_dz]) if close_descending else self.anchor), 1.0
         return None
 
 
 class LiftPolicy(ScriptedPolicy):
-    """Lift: hover 8 cm over the cube, descend to its centre, close, lift 25 cm (~50 steps).
+    """Lift: hover 8 cm over the cube (aimed within 1.2 cm of its centre, drawn per episode), descend to its
+    centre's height, close until the fingers stop, lift 25 cm (~47 steps).
 
     Prior mode: grasp and hold 8 steps, never moving up once the gripper closes (the success height,
     table + 4 cm, is only ~1 cm over the cube's resting height), then finished.
@@ -115,9 +157,12 @@ class LiftPolicy(ScriptedPolicy):
 
     task = "lift"
 
+    AIM_RADIUS = 0.012
+    CLOSE_BAND = (0.003, 0.02)
+
     def _plan(self, eef):
         cube = self.body_pos(self.env.cube_body_id)
-        out = self._reach_and_grasp(eef, cube)
+        out = self._reach_and_grasp(eef, cube, z_only=True, settle=True, close_descending=True)
         if out is not None:
             return out
         if self.mode == "prior":
@@ -136,7 +181,8 @@ class LiftPolicy(ScriptedPolicy):
 
 
 class PickPlaceCanPolicy(ScriptedPolicy):
-    """PickPlaceCan: over the can, down, close, lift to z=1.05, carry over the target bin, lower to
+    """PickPlaceCan: over the can (aimed within 1 cm of its axis, drawn per episode), down to its centre's
+    height, close until the fingers stop, lift to z=1.05, carry over the target bin, lower to
     z=0.95, open, retreat up (success needs the hand away from the can).
 
     Prior mode: grasp and lift to z=1.05, hold 10 steps, finished (never carried towards the bin).
@@ -145,12 +191,15 @@ class PickPlaceCanPolicy(ScriptedPolicy):
     task = "pick_place"
     CARRY_Z = 1.05
     DROP_Z = 0.95
+    AIM_RADIUS = 0.01
+    CLOSE_BAND = (0.003, 0.02)
 
     def _plan(self, eef):
         env = self.env
         can = self.body_pos(env.obj_body_id[env.obj_to_use])
         out = self._reach_and_grasp(eef, can, hover=0.10, hover_max=80, grasp_dz=0.0, descend_tol=0.01,
-                                    descend_max=50, close_steps=12)
+                                    descend_max=50, close_steps=12, z_only=True, settle=True,
+                                    close_descending=True)
         if out is not None:
             return out
         if self.phase == 3:  # lift

@@ -68,6 +68,8 @@ class ModelConfig:
     """Conv layers of the ``drq`` encoder (the first has stride 2)."""
     pool: Literal["flatten", "spatial_softmax"] = "flatten"
     """How the ``drq`` conv maps become features: flattened (DrQ-v2) or 32 spatial soft-argmax keypoints per camera."""
+    proprio_features: int = 0
+    """0: proprio joins the camera features before the bottleneck; N: proprio gets its own Linear->LayerNorm->tanh to N of the feature_dim features."""
 
 
 @dataclass
@@ -244,6 +246,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                     ("data.augment_pad", cfg.data.augment_pad),
                     ("algo.bc_warmup_steps", cfg.algo.bc_warmup_steps)]:
         need(v >= 0, flag, "an integer >= 0", v)
+    need(0 <= cfg.model.proprio_features < cfg.model.feature_dim, "model.proprio_features",
+         f"an integer in [0, model.feature_dim) = [0, {cfg.model.feature_dim})", cfg.model.proprio_features)
     need(len(cfg.model.hidden_dims) > 0 and all(h > 0 for h in cfg.model.hidden_dims),
          "model.hidden_dims", "a non-empty list of positive integers", cfg.model.hidden_dims)
     need(0.0 <= cfg.algo.discount < 1.0, "algo.discount", "a number in [0, 1)", cfg.algo.discount)

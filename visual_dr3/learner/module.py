@@ -68,7 +68,7 @@ class DR3CQL(L.LightningModule):
         self.register_buffer("learned_index", torch.tensor(self.learned_dims, dtype=torch.long), persistent=False)
         net_action_dim = len(self.learned_dims)
         enc_kw = dict(image_keys=list(image_keys), image_size=image_size, proprio_dim=proprio_dim,
-                      feature_dim=m.feature_dim)
+                      feature_dim=m.feature_dim, proprio_features=m.proprio_features)
         if m.encoder == "drq":
             enc_kw.update(channels=m.channels, num_layers=m.num_layers, pool=m.pool)
         self.encoder = make_encoder(m.encoder, **enc_kw)

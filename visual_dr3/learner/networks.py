@@ -67,16 +67,28 @@ class _EncoderBase(nn.Module):
     proprio_dim: int
     feature_dim: int
 
-    def _build_bottleneck(self, trunk_dim: int) -> None:
+    def _build_bottleneck(self, trunk_dim: int, proprio_features: int = 0) -> None:
+        """``proprio_features`` 0: one bottleneck over cameras + proprio. N > 0: the cameras' bottleneck gives
+        ``feature_dim - N`` features and proprio its own ``Linear -> LayerNorm -> tanh`` to N, concatenated:
+        a handful of proprio numbers beside ~18k conv features in one Linear barely move its output, and a
+        policy that cannot read the hand's height from proprio hovers open over the cube (reports/learn_to_grasp/)."""
+        n = int(proprio_features)
+        if n < 0 or (n and (n >= self.feature_dim or not self.proprio_dim)):
+            raise ValueError(f"proprio_features {n}: expected 0, or 1..feature_dim-1 ({self.feature_dim - 1}) "
+                             f"with proprio inputs (proprio_dim {self.proprio_dim})")
+        self.proprio_features = n
         self.trunk_dim = trunk_dim  # flattened camera features + proprio
         # Proprio standardisation (x - mean) / std with the dataset's statistics (identity until set). Not in the
         # state_dict: the owner sets them from the statistics it keeps (DR3CQL: its hyperparameters, so they are in
         # every checkpoint), and checkpoints written before this existed still load.
         self.register_buffer("proprio_mean", torch.zeros(self.proprio_dim), persistent=False)
         self.register_buffer("proprio_std", torch.ones(self.proprio_dim), persistent=False)
+        image_in = trunk_dim - self.proprio_dim if n else trunk_dim
         self.bottleneck = nn.Sequential(
-            nn.Linear(trunk_dim, self.feature_dim), nn.LayerNorm(self.feature_dim), nn.Tanh()
+            nn.Linear(image_in, self.feature_dim - n), nn.LayerNorm(self.feature_dim - n), nn.Tanh()
         )
+        self.proprio_head = (nn.Sequential(nn.Linear(self.proprio_dim, n), nn.LayerNorm(n), nn.Tanh())
+                             if n else None)
 
     def _camera_features(self, key: str, image: Tensor) -> Tensor:  # (B, C_k) per camera
         raise NotImplementedError
@@ -97,8 +109,13 @@ class _EncoderBase(nn.Module):
         self.proprio_std.copy_(std)
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """``phi = tanh(LayerNorm(Linear(trunk(obs))))``: ``(B, feature_dim)``."""
-        return self.bottleneck(self.trunk(obs))
+        """``phi = tanh(LayerNorm(Linear(trunk(obs))))``: ``(B, feature_dim)``; with ``proprio_features`` N,
+        ``cat(tanh(LayerNorm(Linear(cameras))), tanh(LayerNorm(Linear(proprio))))`` (feature_dim - N, N)."""
+        x = self.trunk(obs)
+        if not self.proprio_features:
+            return self.bottleneck(x)
+        cut = self.trunk_dim - self.proprio_dim
+        return torch.cat([self.bottleneck(x[:, :cut]), self.proprio_head(x[:, cut:])], dim=-1)
 
 
 class ConvEncoder(_EncoderBase):
@@ -120,6 +137,7 @@ class ConvEncoder(_EncoderBase):
         num_layers: int = 4,
         pool: str = "flatten",
         num_kp: int = 32,
+        proprio_features: int = 0,
     ):
         super().__init__()
         if not image_keys:
@@ -146,7 +164,7 @@ class ConvEncoder(_EncoderBase):
             self.camera_dim = 2 * num_kp
         else:
             self.camera_dim = channels * out_h * out_w
-        self._build_bottleneck(self.camera_dim * len(self.image_keys) + self.proprio_dim)
+        self._build_bottleneck(self.camera_dim * len(self.image_keys) + self.proprio_dim, proprio_features)
         self.apply(weight_init)
 
     def _camera_features(self, key: str, image: Tensor) -> Tensor:
@@ -189,6 +207,7 @@ class ResNetEncoder(_EncoderBase):
         proprio_dim: int,
         feature_dim: int = 256,
         num_kp: int = 32,
+        proprio_features: int = 0,
     ):
         super().__init__()
         from torchvision.models import resnet18  # lazy: torchvision import is slow
@@ -209,8 +228,10 @@ class ResNetEncoder(_EncoderBase):
             self.convs[k] = trunk
             self.pools[k] = SpatialSoftmax(c, fh, fw, num_kp)
         self.camera_dim = 2 * num_kp
-        self._build_bottleneck(self.camera_dim * len(self.image_keys) + self.proprio_dim)
+        self._build_bottleneck(self.camera_dim * len(self.image_keys) + self.proprio_dim, proprio_features)
         self.bottleneck.apply(weight_init)
+        if self.proprio_head is not None:
+            self.proprio_head.apply(weight_init)
 
     def _camera_features(self, key: str, image: Tensor) -> Tensor:
         return self.pools[key](self.convs[key](_normalize_uint8(image)))
@@ -229,7 +250,8 @@ def make_encoder(
 ) -> _EncoderBase:
     """Build an encoder by name: ``"drq"`` (:class:`ConvEncoder`) or ``"resnet18"`` (:class:`ResNetEncoder`).
 
-    Extra keyword arguments go to the class (``channels``/``num_layers`` for drq, ``num_kp`` for resnet18).
+    Extra keyword arguments go to the class (``channels``/``num_layers``/``pool`` for drq, ``num_kp`` for both,
+    ``proprio_features`` for both).
     """
     if kind not in ENCODER_KINDS:
         raise ValueError(f"unknown encoder kind {kind!r} (options: {', '.join(ENCODER_KINDS)})")

@@ -66,7 +66,8 @@ def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[s
 
 
 def resolve_dataset(cfg: TrainConfig, task) -> Path:
-    """The run's main dataset; the task default is generated when missing.
+    """The run's main dataset; the task default is generated when missing or made by an older version of
+    the scripted policies.
 
     The first process of each node generates it (atomic write: on a shared file system two nodes write the
     same contents and the last rename wins); the node's other processes wait for the file.
@@ -76,23 +77,26 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
         if not path.is_file():
             raise UserError(f"--dataset {path}: file not found")
         return path
+    from visual_dr3.data.generate import made_by_older_script as _made_by_older_script
     from visual_dr3.envs.tasks import default_dataset_path
 
     kind = cfg.data.kind or task.default_kind
     episodes = cfg.data.episodes or task.default_episodes
     path = REPO_ROOT / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
-    if path.is_file():
+    stale = path.is_file() and _made_by_older_script(path)
+    if path.is_file() and not stale:
         return path
     if _rank(local=True) != 0:
         deadline = time.time() + 6 * 3600
-        while not path.is_file():
+        while not path.is_file() or _made_by_older_script(path):
             if time.time() > deadline:
                 raise UserError(f"{path}: waited for rank 0 to generate the dataset; it never appeared")
             time.sleep(5)
         return path
     from visual_dr3.data.generate import generate_dataset
 
-    print(f"[visual-dr3] {path} is missing: generating the default '{task.name}' dataset "
+    why = "was made by an older scripted policy" if stale else "is missing"
+    print(f"[visual-dr3] {path} {why}: generating the default '{task.name}' dataset "
           f"({episodes} episodes, kind {kind}, {cfg.data.image_size} px) first.", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     # data seed 0 whatever the run's seed: the file's name does not hold a seed, and every run seed that finds
