@@ -68,14 +68,11 @@ class _EncoderBase(nn.Module):
     feature_dim: int
 
     def _build_bottleneck(self, trunk_dim: int, proprio_features: int = 0) -> None:
-        """``proprio_features`` 0: one bottleneck over cameras + proprio. N > 0: the cameras' bottleneck gives
-        ``feature_dim - N`` features and proprio its own ``Linear -> LayerNorm -> tanh`` to N, concatenated:
-        a handful of proprio numbers beside ~18k conv features in one Linear barely move its output, and a
-        policy that cannot read the hand's height from proprio hovers open over the cube (reports/learn_to_grasp/)."""
+        """``proprio_features`` 0: one bottleneck over cameras + proprio. N > 0: cameras -> ``feature_dim - N``
+        and proprio its own ``Linear -> LayerNorm -> tanh`` to N, concatenated (no gain measured at N = 64)."""
         n = int(proprio_features)
         if n < 0 or (n and (n >= self.feature_dim or not self.proprio_dim)):
-            raise ValueError(f"proprio_features {n}: expected 0, or 1..feature_dim-1 ({self.feature_dim - 1}) "
-                             f"with proprio inputs (proprio_dim {self.proprio_dim})")
+            raise ValueError(f"proprio_features {n}: expected 0, or 1..{self.feature_dim - 1} with proprio inputs")
         self.proprio_features = n
         self.trunk_dim = trunk_dim  # flattened camera features + proprio
         # Proprio standardisation (x - mean) / std with the dataset's statistics (identity until set). Not in the
@@ -87,8 +84,7 @@ class _EncoderBase(nn.Module):
         self.bottleneck = nn.Sequential(
             nn.Linear(image_in, self.feature_dim - n), nn.LayerNorm(self.feature_dim - n), nn.Tanh()
         )
-        self.proprio_head = (nn.Sequential(nn.Linear(self.proprio_dim, n), nn.LayerNorm(n), nn.Tanh())
-                             if n else None)
+        self.proprio_head = nn.Sequential(nn.Linear(self.proprio_dim, n), nn.LayerNorm(n), nn.Tanh()) if n else None
 
     def _camera_features(self, key: str, image: Tensor) -> Tensor:  # (B, C_k) per camera
         raise NotImplementedError
@@ -109,8 +105,7 @@ class _EncoderBase(nn.Module):
         self.proprio_std.copy_(std)
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """``phi = tanh(LayerNorm(Linear(trunk(obs))))``: ``(B, feature_dim)``; with ``proprio_features`` N,
-        ``cat(tanh(LayerNorm(Linear(cameras))), tanh(LayerNorm(Linear(proprio))))`` (feature_dim - N, N)."""
+        """``phi = tanh(LayerNorm(Linear(trunk(obs))))`` ``(B, feature_dim)`` (see ``_build_bottleneck`` for N > 0)."""
         x = self.trunk(obs)
         if not self.proprio_features:
             return self.bottleneck(x)
@@ -229,9 +224,8 @@ class ResNetEncoder(_EncoderBase):
             self.pools[k] = SpatialSoftmax(c, fh, fw, num_kp)
         self.camera_dim = 2 * num_kp
         self._build_bottleneck(self.camera_dim * len(self.image_keys) + self.proprio_dim, proprio_features)
-        self.bottleneck.apply(weight_init)
-        if self.proprio_head is not None:
-            self.proprio_head.apply(weight_init)
+        for head in (self.bottleneck, self.proprio_head or nn.Identity()):
+            head.apply(weight_init)
 
     def _camera_features(self, key: str, image: Tensor) -> Tensor:
         return self.pools[key](self.convs[key](_normalize_uint8(image)))

@@ -77,18 +77,18 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
         if not path.is_file():
             raise UserError(f"--dataset {path}: file not found")
         return path
-    from visual_dr3.data.generate import made_by_older_script as _made_by_older_script
+    from visual_dr3.data.generate import made_by_older_script
     from visual_dr3.envs.tasks import default_dataset_path
 
     kind = cfg.data.kind or task.default_kind
     episodes = cfg.data.episodes or task.default_episodes
     path = REPO_ROOT / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
-    stale = path.is_file() and _made_by_older_script(path)
+    stale = path.is_file() and made_by_older_script(path)
     if path.is_file() and not stale:
         return path
     if _rank(local=True) != 0:
         deadline = time.time() + 6 * 3600
-        while not path.is_file() or _made_by_older_script(path):
+        while not path.is_file() or made_by_older_script(path):
             if time.time() > deadline:
                 raise UserError(f"{path}: waited for rank 0 to generate the dataset; it never appeared")
             time.sleep(5)
