@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episode seeds are episode_seed(seed, i) (default 1000: not a training run's seed)")
     p.add_argument("--horizon", type=int, default=None, help="episode limit (default: the checkpoint env's)")
     p.add_argument("--steps", action="store_true", help="print every step of each failed episode")
+    p.add_argument("--weights", choices=["auto", "trained", "ema"], default="auto",
+                   help="act with the trained weights or their moving average (default auto: the average if any)")
     return p
 
 
@@ -114,6 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         module, meta, _ = load_policy(args.checkpoint, "cpu")
         env_args, _ = resolve_env_args(meta)
+        if args.weights == "ema" and module.ema_actor is None:
+            raise UserError(f"--weights ema: {args.checkpoint} holds no moving average")
+        module.act_with_ema = args.weights != "trained" and module.ema_actor is not None
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     spec = WorkerSpec(env_args=env_args, image_keys=tuple(meta["image_keys"]), proprio_keys=tuple(meta["proprio_keys"]))

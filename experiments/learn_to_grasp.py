@@ -34,7 +34,7 @@ CONDITIONS = {"bc": ("--algorithm", "bc"), "cql": ("--dr3-coef", "0"), "dr3": ()
 BC_STEP_FACTOR = 1
 
 SCALES = {
-    "cpu": Scale(name="cpu", image_size=48, max_steps=1000, batch_size=64, seeds=(1, 2, 3), episodes=50,
+    "cpu": Scale(name="cpu", image_size=48, max_steps=1000, batch_size=64, seeds=(1, 2, 3), episodes=100,
                  eval_every=500, eval_episodes=50, eval_workers=2, log_every=100, checkpoint_every=500,
                  gen_workers=2, jobs=2),
     "gpu": Scale(name="gpu", image_size=84, max_steps=100_000, batch_size=256, seeds=(1, 2, 3), episodes=200,

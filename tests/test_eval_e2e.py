@@ -141,6 +141,8 @@ def bad_files(checkpoint, tmp_path_factory):
     (["--checkpoint", "{ck}", "--workers", "0"], "--workers: got 0; expected an integer >= 1"),
     (["--checkpoint", "{ck}", "--episodes", "many"], "--episodes: got 'many'"),
     (["--checkpoint", "{ck}", "--device", "tpu"], "--device"),
+    (["--checkpoint", "{ck}", "--weights", "ema"], "holds no moving average (trained with algo.policy_ema 0)"),
+    (["--checkpoint", "{ck}", "--weights", "best"], "--weights"),
     (["--episodes", "3"], "--checkpoint"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, bad_files, checkpoint, tmp_path):

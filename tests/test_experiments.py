@@ -43,10 +43,10 @@ def test_learn_to_grasp_runs_the_cpu_preset_with_bc_given_three_times_the_steps(
         cfg = parse_train_args(list(r.train_args), configs_dir=ROOT / "configs")
         assert cfg.preset == "cpu" and cfg.seed == r.seed and cfg.max_steps == r.max_steps
         assert cfg.algo.backup == "sarsa" and cfg.algo.n_step == 5 and not cfg.progress and cfg.wandb == "off"
-        assert cfg.algo.bc_loss == "mse"
+        assert cfg.algo.bc_loss == "mse" and cfg.algo.policy_ema == 0.99
         want = {"bc": ("bc", 0.01, 1000, 500), "cql": ("cql", 0.0, 1000, 500), "dr3": ("cql", 0.01, 1000, 500)}
         assert (cfg.algorithm, cfg.dr3.coef, cfg.max_steps, cfg.eval_every) == want[r.condition]
-        assert cfg.dataset == f"data/lift_{r.group.split('_')[1]}_48px_50ep.hdf5"
+        assert cfg.dataset == f"data/lift_{r.group.split('_')[1]}_48px_100ep.hdf5"
 
 
 

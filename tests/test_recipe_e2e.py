@@ -39,6 +39,14 @@ def test_cpu_preset_is_layered_recorded_and_announced(lift_dataset, tmp_path):
     hp = ckpt["hyper_parameters"]
     assert hp["dataset_stats"]["fixed_actions"][3:6] == [0.0, 0.0, 0.0]  # the scripted data never rotates
     assert ckpt["state_dict"]["q.heads.0.body.0.weight"].shape[1] == 32 + 4  # phi + (x, y, z, gripper)
+    # the preset acts with the moving average of the actor (and the encoder it reads); eval.py can pick either
+    assert cfg["algo"]["policy_ema"] > 0 and any(k.startswith("ema_actor.") for k in ckpt["state_dict"])
+    for weights in ("auto", "trained"):
+        r = run("eval.py", ["--checkpoint", out / "checkpoints" / "last.ckpt", "--episodes", 1, "--horizon", 4,
+                            "--weights", weights, "--json", tmp_path / f"{weights}.json", "--no-progress"], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rep = json.loads((tmp_path / f"{weights}.json").read_text())
+        assert rep["weights"] == {"auto": "ema", "trained": "trained"}[weights]
 
 
 def test_bc_trains_and_evaluates_through_the_clis(lift_dataset, tmp_path):

@@ -208,8 +208,8 @@ def test_default_dataset_of_the_cpu_preset_is_generated_once_with_data_seed_0(tm
     monkeypatch.setattr(train, "REPO_ROOT", tmp_path)
     cfg = parse_train_args(["--preset", "cpu", "--seed", "3"], configs_dir=CONFIGS)
     path = train.resolve_dataset(cfg, get_task("lift"))
-    assert path == tmp_path / "data" / "lift_expert_48px_50ep.hdf5" and path.is_file()
-    assert [(c["kind"], c["episodes"], c["image_size"], c["seed"]) for c in calls] == [("expert", 50, 48, 0)]
+    assert path == tmp_path / "data" / "lift_expert_48px_100ep.hdf5" and path.is_file()
+    assert [(c["kind"], c["episodes"], c["image_size"], c["seed"]) for c in calls] == [("expert", 100, 48, 0)]
     assert train.resolve_dataset(cfg, get_task("lift")) == path and len(calls) == 1  # found, not made again
 
 
@@ -233,3 +233,62 @@ def test_proprio_features_reach_both_encoders_and_are_validated():
         cfg.model.proprio_features = bad
         with pytest.raises(UserError, match=r"^--model.proprio_features: got .*; expected an integer in \[0, "):
             validate(cfg)
+
+
+@pytest.mark.parametrize("algorithm,actor_encoder", [("bc", "shared"), ("cql", "separate"), ("cql", "shared")])
+def test_policy_ema_follows_its_recursion_and_acts(algorithm, actor_encoder):
+    from visual_dr3.data.replay import Batch
+    from visual_dr3.learner.update import ema_decay
+
+    assert [ema_decay(0.99, t) for t in (0, 8)] == [0.1, 0.5] and ema_decay(0.99, 10_000) == 0.99
+    cfg = TrainConfig(algorithm=algorithm)
+    cfg.model.feature_dim, cfg.model.hidden_dims, cfg.model.num_layers = 16, [16], 1
+    cfg.model.actor_encoder, cfg.algo.policy_ema = actor_encoder, 0.6
+    torch.manual_seed(0)
+    m = make_module(cfg, None)
+    enc, actor = m.trained_acting_nets()
+    assert enc is (m.actor_encoder if algorithm == "cql" and actor_encoder == "separate" else m.encoder)
+    assert not any(p.requires_grad for p in list(m.ema_encoder.parameters()) + list(m.ema_actor.parameters()))
+    assert all(g["params"] and all(p.requires_grad for p in g["params"]) for g in m.configure_optimizers().param_groups)
+    trained = lambda: [p.detach().clone() for p in list(enc.parameters()) + list(actor.parameters())]
+    expect = trained()  # the average starts at the initial weights
+    opt = m.configure_optimizers()
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        obs = {k: torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8, generator=gen) for k in CAMS}
+        obs["proprio"] = torch.randn(4, 5, generator=gen)
+        act = torch.rand(4, 7, generator=gen) * 2 - 1
+        batch = Batch(obs=obs, next_obs=obs, action=act, reward=torch.ones(4), done=torch.zeros(4),
+                      next_action=act, source=torch.zeros(4, dtype=torch.long))
+        m.backward_step(batch, step, opt, gen, lambda l: l.backward())
+        m.optimizer_step(opt, step)
+        d = min(0.6, (1 + step) / (10 + step))
+        expect = [d * e + (1 - d) * w for e, w in zip(expect, trained())]
+    got = [p.detach() for p in list(m.ema_encoder.parameters()) + list(m.ema_actor.parameters())]
+    for g, e in zip(got, expect):
+        torch.testing.assert_close(g, e)
+    assert any(not torch.allclose(g, w) for g, w in zip(got, trained()))
+    # act() uses the average; act_with_ema False uses the trained weights; both survive a rebuild + load
+    with torch.no_grad():
+        ema_a = m.full_action(m.ema_actor.mode(m.ema_encoder(obs)))
+        raw_a = m.full_action(actor.mode(enc(obs)))
+    assert not torch.allclose(ema_a, raw_a)
+    torch.testing.assert_close(m.act(obs), ema_a)
+    m2 = DR3CQL(**dict(m.hparams))
+    m2.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m2.act(obs), ema_a)
+    m2.act_with_ema = False
+    torch.testing.assert_close(m2.act(obs), raw_a)
+
+
+def test_policy_ema_is_validated():
+    from visual_dr3.learner.config import validate
+
+    cfg = TrainConfig()
+    cfg.algo.policy_ema = 1.0
+    with pytest.raises(UserError, match="algo.policy_ema"):
+        validate(cfg)
+    cfg = TrainConfig()
+    cfg.model.feature_dim, cfg.model.hidden_dims, cfg.model.num_layers = 16, [16], 1
+    m = make_module(cfg, None)
+    assert m.ema_actor is None and m.acting_nets() == m.trained_acting_nets()

@@ -250,6 +250,7 @@ class EvalCallback(Callback):
             videos = [r["video"] for r in records if r.get("video")]
             write_json_atomic(self.json_path(trainer, step), {
                 "step": step, "episodes": self.episodes, "seed": self.seed, "deterministic": self.deterministic,
+                "weights": "ema" if getattr(pl_module, "act_with_ema", False) else "trained",
                 "world_size": trainer.world_size, "workers_per_rank": self.workers,
                 "best": {"success_rate": self.best_success_rate, "step": self.best_step},
                 "summary": summary, "records": records,

@@ -27,6 +27,8 @@ from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 
 META_KEY = "visual_dr3"
 REQUIRED_META = ("config", "image_keys", "proprio_keys", "image_size", "action_dim", "env_args")
+#: which weights act: ``auto`` (the moving average when the checkpoint has one), ``trained``, ``ema``
+WEIGHTS = ("auto", "trained", "ema")
 #: render settings that change pixels (MUJOCO_GL egl vs osmesa and hard_reset do not)
 PIXEL_RENDER_KEYS = ("reflection", "offsamples", "image_convention")
 
@@ -210,7 +212,7 @@ def _json_safe(obj):
 def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers: int = 1, seed: int = 0,
                         deterministic: bool = False, device: str = "auto", video_dir=None,
                         video_episodes: int = 5, horizon: Optional[int] = None, json_out=None,
-                        progress: bool = True, faults: Sequence = (), warn=None) -> dict:
+                        progress: bool = True, faults: Sequence = (), warn=None, weights: str = "auto") -> dict:
     """Evaluate a checkpoint: returns the report (``summary`` + per-episode ``records``), also written to
     ``json_out`` when given. See :func:`main` for the arguments."""
     import torch
@@ -226,10 +228,14 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         raise UserError(f"--seed: got {seed!r}; expected an integer >= 0")
     if video_episodes < 0:
         raise UserError(f"--video-episodes: got {video_episodes!r}; expected an integer >= 0")
+    if weights not in WEIGHTS:
+        raise UserError(f"--weights: got {weights!r}; expected one of {', '.join(WEIGHTS)}")
     dev = resolve_device(device)  # before loading anything: a bad --device fails fast
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt[META_KEY]
     env_args, notes = resolve_env_args(meta, where=f"--checkpoint {checkpoint}")
+    if weights == "ema" and not any(k.startswith("ema_actor.") for k in ckpt.get("state_dict", {})):
+        raise UserError(f"--weights ema: {checkpoint} holds no moving average (trained with algo.policy_ema 0)")
     if json_out is not None:
         ensure_writable_dir(Path(json_out).parent, "--json")
     if video_dir is not None:
@@ -244,6 +250,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
     with RolloutPool(env_args, meta["image_keys"], meta["proprio_keys"], workers=workers, horizon=horizon,
                      **pool_kw) as pool:
         module, _, _ = load_policy(checkpoint, dev, ckpt=ckpt)
+        module.act_with_ema = weights != "trained" and module.ema_actor is not None
         if dev.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
         policy = TorchPolicy(module, meta["image_keys"], deterministic=deterministic, device=dev)
@@ -265,6 +272,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         "seed": int(seed),
         "env_seed": env_seed_for(int(seed)),
         "deterministic": bool(deterministic),
+        "weights": "ema" if module.act_with_ema else "trained",
         "device": str(dev),
         "horizon": horizon_used,
         "image_size": int(meta["image_size"]),
@@ -326,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run seed: episode i starts from a seed derived from (seed, i) (default 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="act with the policy's mode tanh(mean) instead of sampling")
+    p.add_argument("--weights", default="auto", choices=list(WEIGHTS),
+                   help="act with the trained weights or their moving average (algo.policy_ema); "
+                        "default auto: the average when the checkpoint has one")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the policy runs (default auto: cuda when available)")
     p.add_argument("--video", metavar="DIR", default=None,
@@ -350,12 +361,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             args.checkpoint, args.episodes, workers=args.workers, seed=args.seed,
             deterministic=args.deterministic, device=args.device, video_dir=args.video,
             video_episodes=args.video_episodes, horizon=args.horizon, json_out=args.json,
-            progress=not args.no_progress)
+            progress=not args.no_progress, weights=args.weights)
     except RolloutError as e:
         print(f"error: evaluation failed: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     extra = [("seeds", f"run seed {report['seed']}; episode i starts from episode_seed(seed, i)"),
-             ("policy", "deterministic (tanh of the mean)" if report["deterministic"] else "stochastic (sampled)")]
+             ("policy", ("deterministic (tanh of the mean)" if report["deterministic"] else "stochastic (sampled)")
+              + (", moving-average weights" if report["weights"] == "ema" else ""))]
     if args.json:
         extra.append(("json", str(args.json)))
     videos = [r["video"] for r in report["records"] if r.get("video")]

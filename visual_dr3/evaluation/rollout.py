@@ -634,7 +634,7 @@ class TorchPolicy:
         self.deterministic = bool(deterministic)
         self.device = torch.device(device) if device is not None else next(module.parameters()).device
         self._generators: dict[int, Any] = {}
-        self._per_episode = (not self.deterministic and hasattr(module, "actor") and hasattr(module, "encoder"))
+        self._per_episode = not self.deterministic and hasattr(module, "acting_nets")
         self._batch_generator = None
 
     def start_episode(self, episode: int, seed: int) -> None:
@@ -659,8 +659,8 @@ class TorchPolicy:
                 a = self.module.act(t, deterministic=True)
             elif self._per_episode:
                 m = self.module
-                enc = m.actor_encoder if getattr(m, "actor_encoder", None) is not None else m.encoder
-                mean, log_std = m.actor(enc(t))
+                enc, actor = m.acting_nets()
+                mean, log_std = actor(enc(t))
                 eps = torch.stack([torch.randn(mean.shape[-1], generator=self._generators[e]) for e in episodes])
                 eps = eps.to(device=mean.device, dtype=mean.dtype)
                 a = torch.tanh(mean + log_std.exp() * eps)

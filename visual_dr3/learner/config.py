@@ -150,6 +150,9 @@ class AlgoConfig:
     """n-step returns: sum of n discounted rewards, bootstrapped from s_{t+n}; shorter at terminals and demo ends."""
     grad_clip: float = 0.0
     """Clip each optimizer's gradient norm to this value; 0 turns clipping off."""
+    policy_ema: float = 0.0
+    """Act (evaluation, eval.py) with an exponential moving average of the actor and the encoder it reads, decay
+    min(policy_ema, (1 + t) / (10 + t)) at step t; 0: act with the trained weights."""
 
 
 @dataclass
@@ -252,6 +255,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "model.hidden_dims", "a non-empty list of positive integers", cfg.model.hidden_dims)
     need(0.0 <= cfg.algo.discount < 1.0, "algo.discount", "a number in [0, 1)", cfg.algo.discount)
     need(0.0 < cfg.algo.tau <= 1.0, "algo.tau", "a number in (0, 1]", cfg.algo.tau)
+    need(0.0 <= cfg.algo.policy_ema < 1.0, "algo.policy_ema", "a number in [0, 1)", cfg.algo.policy_ema)
     for flag, v in [("algo.critic_lr", cfg.algo.critic_lr), ("algo.actor_lr", cfg.algo.actor_lr),
                     ("algo.alpha_lr", cfg.algo.alpha_lr), ("algo.init_alpha", cfg.algo.init_alpha),
                     ("algo.awr_beta", cfg.algo.awr_beta), ("algo.awr_max_weight", cfg.algo.awr_max_weight),

@@ -20,7 +20,7 @@ from visual_dr3.data.replay import Batch
 from visual_dr3.learner import diagnostics as D
 from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
 from visual_dr3.learner.networks import QHeads, TanhGaussianActor, make_encoder, polyak_update
-from visual_dr3.learner.update import Nets, compute_update
+from visual_dr3.learner.update import Nets, compute_update, ema_decay
 
 
 class TrainingDiverged(Exception):
@@ -83,6 +83,13 @@ class DR3CQL(L.LightningModule):
         self.q = None if is_bc else QHeads(m.feature_dim, net_action_dim, hidden=tuple(m.hidden_dims))
         self.q_target = None if is_bc else copy.deepcopy(self.q).requires_grad_(False)
         self.actor = TanhGaussianActor(m.feature_dim, net_action_dim, hidden=tuple(m.hidden_dims))
+        # algo.policy_ema > 0: a moving average of the acting weights (the encoder the actor reads, and the
+        # actor), updated after each step, not trained; act() uses it unless act_with_ema is set False.
+        self.ema_encoder = self.ema_actor = None
+        if self.cfg.algo.policy_ema > 0:
+            self.ema_encoder = copy.deepcopy(self.trained_acting_nets()[0]).requires_grad_(False)
+            self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.act_with_ema = self.ema_actor is not None
         # A fixed alpha takes no gradient (DDP insists every trainable parameter gets one each step).
         self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.algo.init_alpha)),
                                       requires_grad=self.cfg.algo.auto_alpha and not is_bc)
@@ -147,7 +154,7 @@ class DR3CQL(L.LightningModule):
         log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
         if log_now:
             self.check_finite()  # before the step: the weights of a diverged step are never applied
-        self.optimizer_step(opt)
+        self.optimizer_step(opt, step)
         if log_now:
             self._log_diagnostics(out, batch, grad_metrics, step)
         return None
@@ -169,9 +176,15 @@ class DR3CQL(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.actor_parameters(), clip, foreach=True)
         return out, grad_metrics
 
-    def optimizer_step(self, opt) -> None:
-        """The optimizer step, then the Polyak update of the target critic."""
+    def optimizer_step(self, opt, step: Optional[int] = None) -> None:
+        """The optimizer step, then the Polyak update of the target critic and of the acting weights' average
+        (``step``: the update's 0-based index, default ``global_step``)."""
         opt.step()
+        if self.ema_actor is not None:
+            enc, actor = self.trained_acting_nets()
+            tau = 1.0 - ema_decay(self.cfg.algo.policy_ema, self.global_step if step is None else step)
+            polyak_update(list(self.ema_encoder.parameters()) + list(self.ema_actor.parameters()),
+                          list(enc.parameters()) + list(actor.parameters()), tau)
         if self.q is not None:
             polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
 
@@ -229,13 +242,23 @@ class DR3CQL(L.LightningModule):
         metrics["srank_penultimate"] = D.srank(pen[0])
 
     # -- acting ---------------------------------------------------------------------------------------
+    def trained_acting_nets(self) -> tuple[nn.Module, TanhGaussianActor]:
+        """(encoder, actor) the actor loss trains: the actor's own encoder if separate, else the critic's."""
+        return (self.actor_encoder if self.actor_encoder is not None else self.encoder), self.actor
+
+    def acting_nets(self) -> tuple[nn.Module, TanhGaussianActor]:
+        """(encoder, actor) that act: their moving average when there is one and ``act_with_ema``."""
+        if self.act_with_ema and self.ema_actor is not None:
+            return self.ema_encoder, self.ema_actor
+        return self.trained_acting_nets()
+
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
             generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Actions in [-1, 1] for a batch of observations (uint8 images (B,3,H,W), 'proprio' (B,P))."""
-        enc = self.actor_encoder if self.actor_encoder is not None else self.encoder
+        enc, actor = self.acting_nets()
         phi = enc(obs)
-        a = self.actor.mode(phi) if deterministic else self.actor.sample(phi, generator=generator)[0]
+        a = actor.mode(phi) if deterministic else actor.sample(phi, generator=generator)[0]
         return self.full_action(a)
 
     def full_action(self, a: torch.Tensor) -> torch.Tensor:

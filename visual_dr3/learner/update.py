@@ -215,3 +215,9 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     parts = {"critic": critic_loss, "actor": actor_loss, "alpha": alpha_loss, "lagrange": lagrange_loss}
     return UpdateOut(total=total, parts=parts, metrics=metrics, phi=phi.detach(), phi_next=phi_next.detach(),
                      a_prime=a_prime.detach())
+
+
+def ema_decay(max_decay: float, step: int) -> float:
+    """Decay of the acting weights' moving average after update ``step`` (0-based): ``min(max_decay,
+    (1 + step) / (10 + step))``, so the first updates are followed closely (0.1 at step 0, 0.5 at step 8)."""
+    return min(float(max_decay), (1.0 + step) / (10.0 + step))
