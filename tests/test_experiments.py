@@ -43,7 +43,7 @@ def test_learn_to_grasp_runs_the_cpu_preset_with_bc_given_three_times_the_steps(
         cfg = parse_train_args(list(r.train_args), configs_dir=ROOT / "configs")
         assert cfg.preset == "cpu" and cfg.seed == r.seed and cfg.max_steps == r.max_steps
         assert cfg.algo.backup == "sarsa" and cfg.algo.n_step == 5 and not cfg.progress and cfg.wandb == "off"
-        assert cfg.algo.bc_loss == "mse" and cfg.algo.policy_ema == 0.99
+        assert cfg.algo.bc_loss == "mse" and cfg.algo.policy_ema == 0.99 and cfg.model.actor_encoder == "shared"
         want = {"bc": ("bc", 0.01, 1000, 500), "cql": ("cql", 0.0, 1000, 500), "dr3": ("cql", 0.01, 1000, 500)}
         assert (cfg.algorithm, cfg.dr3.coef, cfg.max_steps, cfg.eval_every) == want[r.condition]
         assert cfg.dataset == f"data/lift_{r.group.split('_')[1]}_48px_100ep.hdf5"
@@ -341,3 +341,16 @@ def test_every_condition_parses_with_train_py_parser(module, scale):
         else:
             coef, feats = cond.split("_")[1:]
             assert (cfg.dr3.coef, cfg.dr3.features) == (float(coef), feats) and cfg.cql.min_q_weight == 1.0
+
+
+def test_gripper_labels_counts_open_finger_frames_and_their_close_share_per_height_band():
+    import numpy as np
+
+    from experiments.gripper_labels import label_table
+
+    height = np.array([-1.0, -0.2, -0.1, 0.2, 0.3, 0.3, 2.0])
+    finger = np.array([0.030, 0.039, 0.039, 0.039, 0.039, 0.020, 0.039])  # the 6th frame is closing: not open
+    gripper = np.array([1.0, 1.0, -1.0, -1.0, -1.0, 1.0, -1.0])
+    rows = label_table(height, finger, gripper, open_finger=0.0385, bands=((-1.5, -0.8), (-0.4, 0.0), (0.0, 0.5)))
+    assert [(r["n_open"], r["n_all"]) for r in rows] == [(0, 1), (2, 2), (2, 3)]
+    assert np.isnan(rows[0]["close_share"]) and rows[1]["close_share"] == 0.5 and rows[2]["close_share"] == 0.0

@@ -26,8 +26,9 @@ GAIN = 10.0
 MODES = ("full", "prior", "task")
 #: version of the scripted policies, stored in generated datasets (``scripted_version``); a default dataset
 #: made by an older version is generated again. 2: lift and pick_place aim off centre, close by height and
-#: lift once the fingers stop (learnable from one frame; see reports/learn_to_grasp/).
-SCRIPTED_VERSION = 2
+#: lift once the fingers stop (learnable from one frame; see reports/learn_to_grasp/). 3: lift closes at one
+#: height (level with the cube's centre), so "start closing" is a function of the frame, not a per-episode draw.
+SCRIPTED_VERSION = 3
 
 
 class ScriptedPolicy:
@@ -148,8 +149,16 @@ class ScriptedPolicy:
 
 
 class LiftPolicy(ScriptedPolicy):
-    """Lift: hover 8 cm over the cube (aimed within 1.2 cm of its centre, drawn per episode), descend to its
-    centre's height, close until the fingers stop, lift 25 cm (~47 steps).
+    """Lift: hover 8 cm over the cube (aimed within 1.2 cm of its centre, drawn per episode), descend towards a
+    point below its centre that the fingertips cannot reach (they touch the table ~1 cm below it), start closing
+    once the hand is level with the cube's centre, close until the fingers stop, lift 25 cm (~45 steps).
+
+    Why one closing height (version 3): the fingers visibly move from the first closing step on, so a learner
+    that sees one frame has to tell "start closing" from the open fingers' state alone. With version 2's height
+    drawn per episode, that was a hazard, not a function of the frame: among open-finger states, only 15-38% at
+    any height were labelled "close", the imitation's mean gripper output stayed below 0 everywhere, and
+    learners descended to the table and sat there open (reports/learn_to_grasp/cpu/tuning_v4/). With one
+    height, every open-finger frame below it is labelled "close".
 
     Prior mode: grasp and hold 8 steps, never moving up once the gripper closes (the success height,
     table + 4 cm, is only ~1 cm over the cube's resting height), then finished.
@@ -158,11 +167,15 @@ class LiftPolicy(ScriptedPolicy):
     task = "lift"
 
     AIM_RADIUS = 0.012
-    CLOSE_BAND = (0.003, 0.02)
+    #: m from the cube's centre: the descent's target, below the table-stopped fingertips (~ -0.010)
+    GRASP_DZ = -0.012
+    #: closing starts once the hand is within this of GRASP_DZ in height, i.e. level with the cube's centre
+    CLOSE_DZ = 0.012
 
     def _plan(self, eef):
         cube = self.body_pos(self.env.cube_body_id)
-        out = self._reach_and_grasp(eef, cube, z_only=True, settle=True, close_descending=True)
+        out = self._reach_and_grasp(eef, cube, grasp_dz=self.GRASP_DZ, descend_tol=self.CLOSE_DZ, z_only=True,
+                                    settle=True, close_descending=True)
         if out is not None:
             return out
         if self.mode == "prior":
