@@ -15,7 +15,6 @@ Reads only the small arrays (``actions``, the hand position and finger joints of
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
