@@ -1,6 +1,7 @@
 """Is "start closing" a function of one frame? The gripper labels of a dataset's open-finger states, by height.
 
     python -m experiments.gripper_labels --dataset data/lift_expert_48px_100ep.hdf5
+    python -m experiments.gripper_labels --dataset data/pick_place_expert_48px_100ep.hdf5 --task pick_place
 
 A learner that sees one frame can only start closing where the frame says so. Once the fingers move, the frame
 shows it and every later label is "close"; the decision that matters is made on frames whose fingers are still
@@ -22,8 +23,9 @@ import numpy as np
 
 #: (low, high) cm of hand height over the object's resting centre, the rows of the table
 BANDS = ((-1.5, -0.8), (-0.8, -0.4), (-0.4, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, 2.5))
-#: lift's cube rests with its centre at this height (m; +-1 mm with the cube's size draw)
-LIFT_REST_Z = 0.821
+#: height (m) at which each task's object rests with its centre: lift's cube (+-1 mm with the cube's size
+#: draw), pick_place's can (measured after reset)
+REST_Z = {"lift": 0.821, "pick_place": 0.860}
 
 
 def label_table(height_cm: np.ndarray, finger: np.ndarray, gripper: np.ndarray, open_finger: float,
@@ -61,16 +63,18 @@ def read_dataset(path: Path, rest_z: float) -> tuple[np.ndarray, np.ndarray, np.
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m experiments.gripper_labels", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, type=Path, help="a lift dataset (robomimic HDF5 layout)")
-    p.add_argument("--rest-z", type=float, default=LIFT_REST_Z,
-                   help=f"height (m) of the object's resting centre (default {LIFT_REST_Z}: lift's cube)")
+    p.add_argument("--dataset", required=True, type=Path, help="a dataset (robomimic HDF5 layout)")
+    p.add_argument("--task", choices=sorted(REST_Z), default="lift", help="the dataset's task (default lift)")
+    p.add_argument("--rest-z", type=float, default=None,
+                   help=f"height (m) of the object's resting centre (default: the task's, {REST_Z})")
     p.add_argument("--open-margin", type=float, default=0.0005,
                    help="a frame is 'fully open' when its finger joint is within this (m) of the data's open "
                         "width (its 99th percentile; default 0.0005: the second closing step moves it ~1 mm)")
     args = p.parse_args(argv)
     if not args.dataset.is_file():
         raise SystemExit(f"error: --dataset {args.dataset}: no such file")
-    height, finger, gripper = read_dataset(args.dataset, args.rest_z)
+    rest_z = REST_Z[args.task] if args.rest_z is None else args.rest_z
+    height, finger, gripper = read_dataset(args.dataset, rest_z)
     rows = label_table(height, finger, gripper, open_finger=float(np.percentile(finger, 99)) - args.open_margin)
     print(f"{args.dataset}: {len(height)} frames; open-finger frames by hand height over the object's centre")
     print(f"{'height (cm)':>14s} {'open frames':>12s} {'labelled close':>15s} {'all frames':>11s}")

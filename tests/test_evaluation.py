@@ -78,10 +78,19 @@ def test_episode_seed_depends_only_on_run_seed_and_episode():
     assert len(set(seeds)) == 200  # distinct episodes, distinct seeds
     assert all(0 <= s < 2 ** 32 for s in seeds)
     assert not set(seeds) & {episode_seed(1, i) for i in range(200)}  # another run seed, other seeds
-    # what a rank/worker split would hand out is the same function of the global index
-    for world in (1, 2, 3):
-        split = {i: episode_seed(0, i) for r in range(world) for i in range(r, 200, world)}
-        assert [split[i] for i in range(200)] == seeds
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7, 250])
+def test_rank_split_hands_out_every_episode_seed_exactly_once(world):
+    # What the evaluation code itself hands out: the callback's split of the episodes over DDP ranks, then the
+    # queue a rank's pool run starts its workers from (any worker takes the next queued episode).
+    from visual_dr3.evaluation.lockstep import episode_queue
+    from visual_dr3.evaluation.stats import rank_episodes
+
+    n, run_seed = 200, 5
+    handed = [(ep.index, ep.seed, ep.attempt) for rank in range(world)
+              for ep in episode_queue(rank_episodes(n, rank, world), run_seed)]
+    assert sorted(handed) == [(i, episode_seed(run_seed, i), 1) for i in range(n)]
 
 
 def test_summarize_counts_errors_as_failures_and_never_drops_them():

@@ -197,7 +197,7 @@ FAKE_TRAIN = textwrap.dedent('''
 def fake_train(tmp_path, monkeypatch):
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
-    monkeypatch.setattr(common, "TRAIN_PY", script)
+    monkeypatch.setattr("experiments.plan.TRAIN_PY", script)  # what RunSpec.command runs
     return script
 
 

@@ -299,3 +299,34 @@ def test_robomimic_sequence_dataset_round_trip(mixed_file):
             np.testing.assert_array_equal(item["actions"][0], w["actions"])
             assert item["rewards"][0] == w["rewards"] and item["dones"][0] == w["dones"]
         ds.close_and_delete_hdf5_handle()
+
+
+def test_ctrl_c_during_generation_is_one_line_exit_130_and_leaves_no_file(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: parent and workers."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "d.hdf5"
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "visual_dr3.data.generate", "--task", "lift", "--episodes", "40", "--kind",
+             "expert", "--image-size", str(SIZE), "--workers", "2", "--out", str(out)],
+            stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path, start_new_session=True,
+            # a shell's background job starts with SIGINT ignored; a terminal's foreground job does not
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while "| 1/40" not in (tmp_path / "err.txt").read_text() and proc.poll() is None:
+            assert time.time() < deadline, "no episode within 120 s"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = (tmp_path / "err.txt").read_text()
+    assert rc == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1] == "interrupted (Ctrl-C)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["err.txt"]  # no dataset, no temp file

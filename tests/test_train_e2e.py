@@ -31,24 +31,26 @@ def column(rows, name):
 
 def test_train_cli_leaves_a_complete_run_folder(lift_dataset, tmp_path):
     out = tmp_path / "run"
-    r = train(["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "6", "--batch-size", "8",
+    r = train(["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "7", "--batch-size", "8",
                "--output-dir", str(out), "--log-every", "2", "--checkpoint-every", "4",
                "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions", "2"],
               cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "training summary" in r.stdout
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["max_steps"] == 6 and cfg["batch_size"] == 8 and cfg["dr3"]["coef"] == 0.01
+    assert cfg["max_steps"] == 7 and cfg["batch_size"] == 8 and cfg["dr3"]["coef"] == 0.01
     rows = read_metrics(out / "metrics.csv")
     for name in ("critic_loss", "cql_loss", "dr3_loss", "dr3_dot", "srank", "q_mean", "actor_loss", "alpha",
                  "dr3_cos", "target_q", "grad_norm_critic", "pen_dr3_dot"):
         vals = column(rows, name)
-        assert len(vals) == 3, (name, vals)  # steps 1, 3, 5: (step + 1) % log_every == 0
+        # steps 1, 3, 5 ((step + 1) % log_every == 0) and the last, 6 (7 is not a multiple of log_every)
+        assert len(vals) == 4, (name, vals)
+    assert sorted({int(float(r["step"])) for r in rows if r.get("critic_loss")}) == [1, 3, 5, 6]
     assert all(v != 0 for v in column(rows, "dr3_loss"))
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 6
+    assert ckpt["global_step"] == 7
     meta = ckpt["visual_dr3"]
-    assert meta["config"]["max_steps"] == 6 and meta["config"]["task"] == "lift"
+    assert meta["config"]["max_steps"] == 7 and meta["config"]["task"] == "lift"
     assert meta["image_keys"] == ["agentview_image", "robot0_eye_in_hand_image"]
     assert meta["env_args"]["env_name"] == "Lift"
     assert any(k.startswith("q_target.") for k in ckpt["state_dict"])

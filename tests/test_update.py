@@ -1,6 +1,7 @@
 """The whole update (update.py): DR3 on/off gradients, SARSA vs TD targets, gradient separation."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -137,6 +138,39 @@ def test_bc_warmup_switches_actor_loss():
         lp = nets.actor.log_prob(phi, batch.action)
     assert not torch.allclose(bc, sac)
     assert torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("bc_loss", ["mse", "nll"])
+def test_separate_bc_actor_encoder_takes_only_the_imitation_gradient(bc_loss):
+    from visual_dr3.learner.update import imitation_score
+
+    batch = make_batch()
+    cfg = TrainConfig()
+    cfg.algo.bc_warmup_steps, cfg.algo.bc_loss, cfg.algo.bc_weight = 10, bc_loss, 0.7
+    torch.manual_seed(1)
+    nets = dataclasses.replace(make_nets(cfg), actor_encoder=make_encoder("drq", KEYS, H, P, D))
+    enc = list(nets.actor_encoder.parameters())
+
+    def enc_grads(loss):
+        grads = torch.autograd.grad(loss, enc, allow_unused=True, retain_graph=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(enc, grads)]
+
+    phi = nets.actor_encoder({k: torch.cat([batch.obs[k], batch.next_obs[k]]) for k in batch.obs})[:B]
+    for step, weight in ((3, 1.0), (10, cfg.algo.bc_weight)):  # in the warm-up, then SAC + BC term
+        cfg.model.actor_encoder = "separate_bc"
+        out = run(cfg, nets, batch, step=step)
+        # the actor encoder's gradient is exactly the imitation term's: the Q and entropy terms reach the head only
+        expect = enc_grads(-weight * imitation_score(nets.actor, phi, batch.action, bc_loss).mean())
+        for g, e in zip(enc_grads(out.parts["actor"]), expect):
+            torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+        assert any(e.abs().sum() > 0 for e in expect)
+        head = torch.autograd.grad(out.parts["actor"], list(nets.actor.parameters()), retain_graph=True)
+        cfg.model.actor_encoder = "separate"  # the same step with the Q gradient let through differs
+        out_sep = run(cfg, nets, batch, step=step)
+        torch.testing.assert_close(out_sep.parts["actor"], out.parts["actor"])  # same loss value
+        diff = [(g - e).abs().max() for g, e in zip(enc_grads(out_sep.parts["actor"]), expect)]
+        assert max(diff) > 1e-6
+        assert all(torch.isfinite(h).all() for h in head)
 
 
 @pytest.mark.parametrize("features", ["encoder", "penultimate", "both"])

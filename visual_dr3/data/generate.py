@@ -25,18 +25,18 @@ and are written in episode order as they arrive.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Any
 
 import numpy as np
 
 import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
+from visual_dr3.data.generate_workers import (WORKER, close_worker_env, init_worker, model_file_for, worker_episode,
+                                             worker_pool)
 from visual_dr3.envs.scripted import SCRIPTED_VERSION
 from visual_dr3.envs.tasks import KINDS, TASKS, TaskSpec, get_task
-from visual_dr3.errors import UserError, cli_entry
+from visual_dr3.errors import OneLineParser, UserError, cli_entry
 
 EXPERT_SIGMA = 0.1
 COG_SIGMAS = (0.1, 0.3, 0.6)
@@ -141,25 +141,6 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
 
 
 # --------------------------------------------------------------------------------------------------
-# worker processes
-# --------------------------------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(task: str, image_size: int, cameras, horizon: int, seed: int, kind: str) -> None:
-    from visual_dr3.envs.make import make_env
-
-    spec = get_task(task)
-    env = make_env(spec, image_size=image_size, cameras=cameras, horizon=horizon, seed=seed)
-    _WORKER.update(env=env, spec=spec, kind=kind, seed=seed, horizon=horizon)
-
-
-def _worker_episode(index: int) -> dict:
-    w = _WORKER
-    return run_episode(w["env"], w["spec"], w["kind"], w["seed"], index, w["horizon"])
-
-
-# --------------------------------------------------------------------------------------------------
 # the dataset
 # --------------------------------------------------------------------------------------------------
 def split_masks(n: int, seed: int, valid_fraction: float = VALID_FRACTION) -> tuple[list[int], list[int]]:
@@ -242,17 +223,18 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
     try:
         with DatasetWriter(out_path, env_args, meta) as writer:
             if workers == 1:
-                _init_worker(*init_args)
-                results = (_worker_episode(i) for i in range(episodes))
+                init_worker(*init_args)
+                results = (worker_episode(i) for i in range(episodes))
                 from visual_dr3.envs.make import model_xml
 
-                model_file = model_xml(_WORKER["env"])
+                model_file = model_xml(WORKER["env"])
             else:
-                pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
-                results = pool.imap(_worker_episode, range(episodes), chunksize=1)
+                # built before the workers start: robosuite's import swallows a KeyboardInterrupt in places
+                # (bare excepts), so importing it lazily mid-run could eat a Ctrl-C
+                model_file = model_file_for(spec, image_size, cams, horizon, seed)
+                pool = worker_pool(workers, init_args)
+                results = pool.imap(worker_episode, range(episodes), chunksize=1)
             for ep in results:
-                if not model_file:
-                    model_file = _model_file_for(spec, image_size, cams, horizon, seed)
                 writer.add_demo(
                     ep["actions"], ep["rewards"], ep["dones"], ep["states"], ep["obs"], model_file=model_file,
                     attrs={"success": int(ep["success"]), "sigma": ep["sigma"], "role": ep["role"],
@@ -282,7 +264,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
             pool.terminate()
             pool.join()
         if workers == 1:
-            _close_worker_env()
+            close_worker_env()
     seconds = time.time() - t0
     summary = {
         "task": spec.name, "kind": kind, "episodes": int(episodes), "transitions": transitions,
@@ -296,28 +278,6 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
             summary[f"{role}_episodes"] = n
             summary[f"{role}_success_rate"] = s / n
     return summary
-
-
-def _model_file_for(spec, image_size, cams, horizon, seed) -> str:
-    """The MJCF of the env the workers use (built here once, without cameras, for ``model_file``)."""
-    from visual_dr3.envs.make import env_args_for, make_env_from_args, model_xml
-
-    env = make_env_from_args(env_args_for(spec, image_size, cams, horizon, seed=seed),
-                             has_offscreen_renderer=False, use_camera_obs=False)
-    try:
-        return model_xml(env)
-    finally:
-        env.close()
-
-
-def _close_worker_env() -> None:
-    env = _WORKER.pop("env", None)
-    if env is not None:
-        try:
-            env.close()
-        except Exception:
-            pass
-    _WORKER.clear()
 
 
 def format_summary(s: dict) -> str:
@@ -338,13 +298,8 @@ def format_summary(s: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors become one-line UserErrors (exit 2)
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m visual_dr3.data.generate",
+    p = OneLineParser(prog="python -m visual_dr3.data.generate",
                 description="Generate a robosuite dataset (robomimic HDF5 layout) with scripted noisy policies.")
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes (demos)")

@@ -28,7 +28,8 @@ MODES = ("full", "prior", "task")
 #: made by an older version is generated again. 2: lift and pick_place aim off centre, close by height and
 #: lift once the fingers stop (learnable from one frame; see reports/learn_to_grasp/). 3: lift closes at one
 #: height (level with the cube's centre), so "start closing" is a function of the frame, not a per-episode draw.
-SCRIPTED_VERSION = 3
+#: 4: pick_place does the same (closing starts 1.5 cm over the can's centre, at one height).
+SCRIPTED_VERSION = 4
 
 
 class ScriptedPolicy:
@@ -194,9 +195,11 @@ class LiftPolicy(ScriptedPolicy):
 
 
 class PickPlaceCanPolicy(ScriptedPolicy):
-    """PickPlaceCan: over the can (aimed within 1 cm of its axis, drawn per episode), down to its centre's
-    height, close until the fingers stop, lift to z=1.05, carry over the target bin, lower to
-    z=0.95, open, retreat up (success needs the hand away from the can).
+    """PickPlaceCan: over the can (aimed within 1 cm of its axis, drawn per episode), descend towards a point
+    1.5 cm below its centre, start closing once the hand is 1.5 cm over the centre (one height, as lift's
+    version 3: "start closing" is then a function of the frame) and go on down while the fingers close, until
+    they stop; lift to z=1.05, carry over the target bin, lower to z=0.95, open, retreat up (success needs the
+    hand away from the can).
 
     Prior mode: grasp and lift to z=1.05, hold 10 steps, finished (never carried towards the bin).
     """
@@ -205,14 +208,19 @@ class PickPlaceCanPolicy(ScriptedPolicy):
     CARRY_Z = 1.05
     DROP_Z = 0.95
     AIM_RADIUS = 0.01
-    CLOSE_BAND = (0.003, 0.02)
+    #: m from the can's centre: the descent's target, below where the hand stops (from ~1 cm over the centre
+    #: the hand presses the can into the bin's floor and stalls ~4-5 mm over it)
+    GRASP_DZ = -0.015
+    #: closing starts once the hand is within this of GRASP_DZ in height, i.e. 1.5 cm over the can's centre,
+    #: before the hand touches the can (a threshold in the stall would be crossed at a random time)
+    CLOSE_DZ = 0.03
 
     def _plan(self, eef):
         env = self.env
         can = self.body_pos(env.obj_body_id[env.obj_to_use])
-        out = self._reach_and_grasp(eef, can, hover=0.10, hover_max=80, grasp_dz=0.0, descend_tol=0.01,
-                                    descend_max=50, close_steps=12, z_only=True, settle=True,
-                                    close_descending=True)
+        out = self._reach_and_grasp(eef, can, hover=0.10, hover_max=80, grasp_dz=self.GRASP_DZ,
+                                    descend_tol=self.CLOSE_DZ, descend_max=50, close_steps=12, z_only=True,
+                                    settle=True, close_descending=True)
         if out is not None:
             return out
         if self.phase == 3:  # lift

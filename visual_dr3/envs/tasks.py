@@ -12,6 +12,8 @@ from visual_dr3.errors import UserError
 
 DEFAULT_CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
 DEFAULT_PROPRIO_KEYS: tuple[str, ...] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+#: the observation key under which the concatenated proprio vector travels (batches, networks, rollouts)
+PROPRIO_KEY = "proprio"
 
 #: Dataset kinds the generator knows (see ``visual_dr3.data.generate``).
 KINDS: tuple[str, ...] = ("expert", "mixed", "cog")

@@ -3,7 +3,9 @@
 Kept light to import (no torch, no robosuite): rollout workers import this package. The public names are
 loaded on first use:
 
-- :mod:`~visual_dr3.evaluation.rollout`: ``RolloutPool``, ``run_rollouts``, ``TorchPolicy``, ``FaultSpec``,
+- :mod:`~visual_dr3.evaluation.rollout` (the design; it re-exports these): :mod:`~visual_dr3.evaluation.pool`:
+  ``RolloutPool``, ``run_rollouts``; :mod:`~visual_dr3.evaluation.policy`: ``TorchPolicy``;
+  :mod:`~visual_dr3.evaluation.workers`: ``FaultSpec``; :mod:`~visual_dr3.evaluation.lockstep`:
   ``EpisodeResult``, ``RolloutRun``, ``RolloutError``
 - :mod:`~visual_dr3.evaluation.stats`: ``episode_seed``, ``wilson_interval``, ``summarize``
 - :mod:`~visual_dr3.evaluation.video`: ``write_episode_video``
@@ -16,8 +18,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "RolloutPool": "rollout", "run_rollouts": "rollout", "TorchPolicy": "rollout", "FaultSpec": "rollout",
-    "EpisodeResult": "rollout", "RolloutRun": "rollout", "RolloutError": "rollout",
+    "RolloutPool": "pool", "run_rollouts": "pool", "TorchPolicy": "policy", "FaultSpec": "workers",
+    "EpisodeResult": "lockstep", "RolloutRun": "lockstep", "RolloutError": "lockstep",
     "episode_seed": "stats", "wilson_interval": "stats", "summarize": "stats",
     "write_episode_video": "video",
     "load_policy": "cli", "evaluate_checkpoint": "cli",

@@ -14,11 +14,11 @@ unless the last step was just evaluated):
 - The policy is the LightningModule itself (``DR3CQL.act``; put in eval mode for the rollouts, then back).
   The env is rebuilt from the module's hyperparameters (``env_args``, image size, cameras, proprio keys),
   checked once at ``on_fit_start`` (a mismatch is a one-line UserError before training starts).
-- Under DDP the episodes are split across ranks: rank r runs episodes r, r+W, r+2W, ... with its own
-  worker processes; episode i always starts from ``episode_seed(seed, i)``, so the evaluated initial states
-  are the same at every evaluation and for any number of ranks/workers. Per-episode records are gathered on
-  every rank (``torch.distributed.all_gather_object``), so all ranks compute the same summary and put the
-  same ``eval/*`` values in ``trainer.callback_metrics``.
+- Under DDP the episodes are split across ranks: rank r runs episodes r, r+W, r+2W, ... (``rank_episodes``)
+  with its own worker processes; episode i always starts from ``episode_seed(seed, i)``, so the evaluated
+  initial states are the same at every evaluation and for any number of ranks/workers. Per-episode records
+  are gathered on every rank (``torch.distributed.all_gather_object``), so all ranks compute the same
+  summary and put the same ``eval/*`` values in ``trainer.callback_metrics``.
 - Metrics go to every logger (CSV, wandb, TensorBoard) at the training step: ``eval/success_rate``,
   ``eval/success_ci95_low``, ``eval/success_ci95_high`` (95% Wilson interval), ``eval/return``,
   ``eval/length``, ``eval/env_steps_per_s``, ``eval/errors``.
@@ -50,8 +50,11 @@ from lightning.pytorch.callbacks import Callback
 
 from visual_dr3.errors import UserError
 from visual_dr3.evaluation.cli import resolve_env_args, write_json_atomic
-from visual_dr3.evaluation.rollout import EpisodeResult, RolloutPool, TorchPolicy, _format_exc
-from visual_dr3.evaluation.stats import env_seed_for, episode_seed, summarize
+from visual_dr3.evaluation.lockstep import EpisodeResult
+from visual_dr3.evaluation.policy import TorchPolicy
+from visual_dr3.evaluation.pool import RolloutPool
+from visual_dr3.evaluation.stats import env_seed_for, episode_seed, rank_episodes, summarize
+from visual_dr3.evaluation.workers import format_exc
 
 METRIC_KEYS = {
     "success_rate": "eval/success_rate",
@@ -81,7 +84,7 @@ class EvalCallback(Callback):
     ``output_dir``: the run folder (``eval/`` JSONs, ``checkpoints/best.ckpt``); None means the trainer's
     ``default_root_dir``. ``deterministic``: act with tanh(mean) (default) or sample. ``horizon``: override
     the env's horizon. ``save_best``: keep ``checkpoints/best.ckpt``. ``eval_at_end``: also evaluate when
-    training ends (if that step was not just evaluated). ``faults``: :class:`~visual_dr3.evaluation.rollout.FaultSpec`
+    training ends (if that step was not just evaluated). ``faults``: :class:`~visual_dr3.evaluation.workers.FaultSpec`
     test hook.
     """
 
@@ -184,7 +187,7 @@ class EvalCallback(Callback):
 
     def _run_local(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict:
         rank, world = trainer.global_rank, trainer.world_size
-        mine = list(range(rank, self.episodes, world))
+        mine = rank_episodes(self.episodes, rank, world)
         payload: dict[str, Any] = {"rank": rank, "records": [], "seconds": 0.0, "rollout_seconds": 0.0,
                                    "warnings": []}
         if not mine:
@@ -203,7 +206,7 @@ class EvalCallback(Callback):
         except UserError:
             raise
         except Exception as e:  # keep training: record this rank's episodes as failed, retry with a fresh pool
-            err = _format_exc(e)
+            err = format_exc(e)
             _say(f"warning: rank {rank}: evaluation at step {step} failed ({err}); its {len(mine)} episodes "
                  f"are recorded as failed")
             self.close()
@@ -288,7 +291,7 @@ class EvalCallback(Callback):
                     logger.log_video("eval/video", videos=list(videos), step=step,
                                      caption=[Path(v).stem for v in videos], format=["mp4"] * len(videos))
                 except Exception as e:  # videos are a by-product
-                    _say(f"warning: eval videos not logged to wandb ({_format_exc(e)})")
+                    _say(f"warning: eval videos not logged to wandb ({format_exc(e)})")
 
 
 def default_eval_workers(episodes_per_rank: int, processes_per_node: int = 1) -> int:

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from visual_dr3.errors import UserError, cli_entry
+from visual_dr3.errors import OneLineParser, UserError, cli_entry
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 
 META_KEY = "visual_dr3"
@@ -217,7 +217,8 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
     ``json_out`` when given. See :func:`main` for the arguments."""
     import torch
 
-    from visual_dr3.evaluation.rollout import RolloutPool, TorchPolicy
+    from visual_dr3.evaluation.policy import TorchPolicy
+    from visual_dr3.evaluation.pool import RolloutPool
     from visual_dr3.evaluation.stats import env_seed_for, summarize
 
     _check_positive("--episodes", episodes)
@@ -302,13 +303,6 @@ def _check_positive(flag: str, v) -> None:
 # command line
 # ----------------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (exit 2 through ``cli_entry``)."""
-
-    def error(self, message: str):  # noqa: D401
-        raise UserError(" ".join(message.split()))
-
-
 def _int_arg(flag: str, minimum: int):
     def parse(s: str) -> int:
         try:
@@ -323,7 +317,7 @@ def _int_arg(flag: str, minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="eval.py", description="Roll a trained visual-dr3 policy out in simulation (robosuite), "
+    p = OneLineParser(prog="eval.py", description="Roll a trained visual-dr3 policy out in simulation (robosuite), "
                 "with parallel env workers and batched inference; prints success rate with a 95% Wilson "
                 "interval and writes per-episode records.")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py (e.g. runs/lift/checkpoints/last.ckpt)")
@@ -353,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    from visual_dr3.evaluation.rollout import RolloutError
+    from visual_dr3.evaluation.lockstep import RolloutError
     from visual_dr3.evaluation.stats import format_summary
 
     try:

@@ -1,4 +1,5 @@
-"""Evaluation statistics: episode seeds, the Wilson score interval, per-episode records -> summary.
+"""Evaluation statistics: episode seeds, the episodes of a DDP rank, the Wilson score interval, per-episode
+records -> summary.
 
 Pure Python + numpy (no torch): imported by rollout workers and by the parent alike.
 """
@@ -25,6 +26,12 @@ def episode_seed(seed: int, episode: int) -> int:
     if int(seed) < 0 or int(episode) < 0:
         raise ValueError(f"episode_seed: seed and episode must be >= 0 (got {seed}, {episode})")
     return int(np.random.SeedSequence([int(seed), int(episode)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def rank_episodes(episodes: int, rank: int, world: int) -> list[int]:
+    """The episodes rank ``rank`` of ``world`` runs out of ``range(episodes)``: ``rank, rank + world, ...``
+    (every episode on exactly one rank; a rank beyond the episodes gets none)."""
+    return list(range(rank, episodes, world))
 
 
 def env_seed_for(seed: int) -> int:

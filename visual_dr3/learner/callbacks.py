@@ -1,4 +1,5 @@
-"""Lightning callbacks of a training run: a step progress bar with ETA, the final summary, the last save."""
+"""Lightning callbacks of a training run: a step progress bar with ETA, the final summary, the last save, the
+last step's metrics row, a clean stop on a signal."""
 
 from __future__ import annotations
 
@@ -110,3 +111,15 @@ class GracefulStop(Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
+
+
+class LogLastStep(Callback):
+    """Writes the last step's metrics row: Lightning writes logger rows only at steps with
+    ``(step + 1) % log_every_n_steps == 0`` (or when ``trainer.should_stop``), so without this a run of
+    ``max_steps`` not a multiple of ``log_every`` lost its last row, and one shorter than ``log_every`` left no
+    ``metrics.csv`` at all. The module logs at the last step; this marks that step as the stop, which the fit
+    loop reaches there anyway, so Lightning writes the row."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True

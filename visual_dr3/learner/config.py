@@ -60,8 +60,8 @@ class ModelConfig:
     """Size of the encoder output phi(s) (Linear -> LayerNorm -> tanh bottleneck over cameras + proprio)."""
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layer sizes of each Q head and of the actor MLP; the last is the Q heads' penultimate layer."""
-    actor_encoder: Literal["shared", "separate"] = "shared"
-    """``shared``: the actor reads the critic encoder's features with gradients stopped (DrQ-v2); ``separate``: its own encoder."""
+    actor_encoder: Literal["shared", "separate", "separate_bc"] = "shared"
+    """``shared``: the actor reads the critic encoder's features with gradients stopped (DrQ-v2); ``separate``: its own encoder; ``separate_bc``: its own encoder, trained by the imitation terms only (the Q and entropy terms move the actor's head, not its encoder)."""
     channels: int = 32
     """Channels of each conv layer of the ``drq`` encoder."""
     num_layers: int = 4

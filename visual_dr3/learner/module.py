@@ -73,7 +73,7 @@ class DR3CQL(L.LightningModule):
             enc_kw.update(channels=m.channels, num_layers=m.num_layers, pool=m.pool)
         self.encoder = make_encoder(m.encoder, **enc_kw)
         is_bc = self.cfg.algorithm == "bc"  # BC: the actor reads (and trains) `encoder`; no critic
-        self.actor_encoder = make_encoder(m.encoder, **enc_kw) if m.actor_encoder == "separate" and not is_bc else None
+        self.actor_encoder = make_encoder(m.encoder, **enc_kw) if m.actor_encoder != "shared" and not is_bc else None
         stats = dataset_stats or {}
         if self.cfg.data.normalize_proprio and stats.get("proprio_mean") and proprio_dim:
             for enc in (self.encoder, self.actor_encoder):

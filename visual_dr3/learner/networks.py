@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visual_dr3.envs.tasks import PROPRIO_KEY
+
 __all__ = [
     "ConvEncoder",
     "ResNetEncoder",
@@ -30,7 +32,6 @@ __all__ = [
     "weight_init",
 ]
 
-PROPRIO_KEY = "proprio"
 LOG2 = math.log(2.0)
 
 

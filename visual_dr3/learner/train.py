@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from visual_dr3.errors import UserError, cli_entry
+from visual_dr3.errors import EXIT_DIVERGED, UserError, cli_entry
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 from visual_dr3.learner.cli_args import dump_yaml, parse_train_args
 from visual_dr3.learner.config import TrainConfig, to_dict
@@ -173,7 +173,7 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-    from visual_dr3.learner.callbacks import FinalCheckpoint, GracefulStop, StepProgress
+    from visual_dr3.learner.callbacks import FinalCheckpoint, GracefulStop, LogLastStep, StepProgress
     from visual_dr3.learner.resume import AtomicCheckpointIO, ResumeState
 
     from visual_dr3.learner.csvlog import RunCSVLogger
@@ -199,6 +199,7 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
         StepProgress(enabled=cfg.progress),
         ResumeState(),
         GracefulStop(),
+        LogLastStep(),
         *extra_callbacks,
     ]
     strategy = "auto" if cfg.devices * cfg.num_nodes == 1 else "ddp"
@@ -317,9 +318,6 @@ def print_summary(s: dict) -> None:
         print(f"  {k:16s} {s[k]}")
     for k, v in s["metrics"].items():
         print(f"  {k:16s} {v:.4g}")
-
-
-EXIT_DIVERGED = 3
 
 
 class DivergedError(Exception):

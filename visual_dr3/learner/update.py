@@ -169,7 +169,10 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     critic_loss = td_loss + cql_loss + dr3.coef * dr3_term
 
     # --- actor and temperature -----------------------------------------------------------------------
-    a_pi, logp_pi = nets.actor.sample(actor_phi, generator=generator)
+    # separate_bc: the sampled action (Q and entropy terms) sees the actor's features with the gradient
+    # stopped, so only the imitation terms (imitation_score on actor_phi) shape the actor's encoder
+    pi_phi = actor_phi.detach() if cfg.model.actor_encoder == "separate_bc" else actor_phi
+    a_pi, logp_pi = nets.actor.sample(pi_phi, generator=generator)
     awr_w = None
     if step < algo.bc_warmup_steps:
         actor_loss = L.bc_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss), logp_pi,

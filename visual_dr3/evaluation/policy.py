@@ -1,0 +1,75 @@
+"""The policy side of the rollouts: a ``DR3CQL`` module as a batched pool policy (:class:`TorchPolicy`).
+
+The pool calls ``policy(obs_batch, episodes) -> actions`` once per lock step; :class:`TorchPolicy` moves the
+batch to the module's device in the format of training batches and returns numpy actions, with per-episode
+noise generators for stochastic actions so that an episode's actions do not depend on the number of
+workers. torch is imported lazily (in the constructor): rollout workers import this package and never need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from visual_dr3.evaluation.workers import PROPRIO_KEY
+
+
+class TorchPolicy:
+    """Wraps a module with ``act(obs, deterministic, generator)`` (``DR3CQL``) as a pool policy.
+
+    Images go to the module's device as uint8 ``(B, 3, H, W)`` (a channels-last view of the ``(B, H, W, 3)``
+    batch), proprio as float32 ``(B, P)``: the format of training batches. ``deterministic=True`` takes
+    ``tanh(mean)`` through ``module.act``. Stochastic actions use one noise generator *per episode*, seeded
+    by the episode's seed, so an episode's actions do not depend on which other episodes share its batch
+    (i.e. on the number of workers): the module's actor gives ``(mean, log_std)`` and the action is
+    ``tanh(mean + exp(log_std) * eps)`` with ``eps`` from the episode's generator -- the same distribution as
+    ``act(deterministic=False)``. The caller puts the module in eval mode.
+    """
+
+    def __init__(self, module, image_keys: Sequence[str], deterministic: bool = True, device=None):
+        import torch
+
+        self.torch = torch
+        self.module = module
+        self.image_keys = list(image_keys)
+        self.deterministic = bool(deterministic)
+        self.device = torch.device(device) if device is not None else next(module.parameters()).device
+        self._generators: dict[int, Any] = {}
+        self._per_episode = not self.deterministic and hasattr(module, "acting_nets")
+        self._batch_generator = None
+
+    def start_episode(self, episode: int, seed: int) -> None:
+        if not self.deterministic:
+            self._generators[episode] = self.torch.Generator().manual_seed(int(seed) ^ 0x5EED)
+
+    def end_episode(self, episode: int) -> None:
+        self._generators.pop(episode, None)
+
+    def to_tensors(self, obs: dict) -> dict:
+        torch = self.torch
+        out = {k: torch.from_numpy(obs[k]).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+               for k in self.image_keys}
+        out[PROPRIO_KEY] = torch.from_numpy(np.ascontiguousarray(obs[PROPRIO_KEY], dtype=np.float32)).to(self.device)
+        return out
+
+    def __call__(self, obs: dict, episodes: list[int]) -> np.ndarray:
+        torch = self.torch
+        with torch.no_grad():
+            t = self.to_tensors(obs)
+            if self.deterministic:
+                a = self.module.act(t, deterministic=True)
+            elif self._per_episode:
+                m = self.module
+                enc, actor = m.acting_nets()
+                mean, log_std = actor(enc(t))
+                eps = torch.stack([torch.randn(mean.shape[-1], generator=self._generators[e]) for e in episodes])
+                eps = eps.to(device=mean.device, dtype=mean.dtype)
+                a = torch.tanh(mean + log_std.exp() * eps)
+                if hasattr(m, "full_action"):  # the env's action: dims held fixed take their dataset value
+                    a = m.full_action(a)
+            else:
+                if self._batch_generator is None:
+                    self._batch_generator = torch.Generator(device=self.device).manual_seed(0)
+                a = self.module.act(t, deterministic=False, generator=self._batch_generator)
+        return a.float().cpu().numpy()

@@ -1,0 +1,150 @@
+"""The rollout pool: ``workers`` env processes kept for many runs, and the one-shot :func:`run_rollouts`.
+
+:class:`RolloutPool` starts the worker processes (:mod:`~visual_dr3.evaluation.workers`), checks the first
+observation of every worker against what the policy expects, runs lists of episodes through
+:mod:`~visual_dr3.evaluation.lockstep` (:meth:`RolloutPool.run`) and closes the workers. The design (lock
+step, seeds, retries) is described in :mod:`visual_dr3.evaluation.rollout`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from typing import Any, Callable, Collection, Optional, Sequence
+
+import numpy as np
+
+from visual_dr3.errors import UserError
+from visual_dr3.evaluation.lockstep import EpisodeResult, RolloutRun, _Run
+from visual_dr3.evaluation.stats import env_seed_for
+from visual_dr3.evaluation.workers import DEAD, FaultSpec, WorkerSpec, _Worker
+
+START_METHOD = "spawn"
+
+
+def _default_warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class RolloutPool:
+    """``workers`` env processes; :meth:`run` evaluates a policy on a list of episode indices.
+
+    ``env_args``: robomimic env_args (from the checkpoint); ``image_keys``/``proprio_keys``: what the policy
+    reads (proprio = those keys concatenated in order, float32). ``horizon`` overrides the env's horizon.
+    ``env_seed``: seed of env construction, the same in every worker (see :mod:`visual_dr3.evaluation.rollout`; use
+    :func:`env_seed_for` of the run seed). ``expect_image_size``/``expect_proprio_dim``: checked against the
+    first observation of every worker (a mismatch is a :class:`UserError`). ``faults``: the :class:`FaultSpec` test hook.
+    Use as a context manager (or call :meth:`close`); workers are daemonic, so they also die with the parent.
+    """
+
+    def __init__(self, env_args: dict, image_keys: Sequence[str], proprio_keys: Sequence[str], workers: int = 1,
+                 horizon: Optional[int] = None, env_seed: int = 0, expect_image_size: Optional[int] = None,
+                 expect_proprio_dim: Optional[int] = None, faults: Sequence[FaultSpec] = (),
+                 step_timeout: float = 120.0, start_timeout: float = 600.0,
+                 warn: Callable[[str], None] = _default_warn):
+        if int(workers) < 1:
+            raise UserError(f"--workers: got {workers!r}; expected a positive integer")
+        self.spec = WorkerSpec(env_args=env_args, image_keys=tuple(image_keys), proprio_keys=tuple(proprio_keys),
+                               horizon=int(horizon) if horizon else None, env_seed=int(env_seed),
+                               faults=tuple(faults))
+        self.num_workers = int(workers)
+        self.expect_image_size = expect_image_size
+        self.expect_proprio_dim = expect_proprio_dim
+        self.step_timeout, self.start_timeout = float(step_timeout), float(start_timeout)
+        self.warn = warn
+        self.ctx = mp.get_context(START_METHOD)
+        self.workers: list[_Worker] = []
+        self.horizon: Optional[int] = None
+        self._checked = False
+        self._closed = False
+        self._ran = False
+        self.started_at = time.monotonic()
+        self.workers = [_Worker(self.ctx, i, self.spec) for i in range(self.num_workers)]
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self.workers:
+            if w.state != DEAD:
+                try:
+                    w.conn.send(("close",))
+                except Exception:
+                    pass
+        deadline = time.monotonic() + 10
+        for w in self.workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            w.kill()
+
+    def __enter__(self) -> "RolloutPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- checks -----------------------------------------------------------------------------------------
+    def _check_ready(self, w: _Worker) -> None:
+        info = w.info or {}
+        missing = [k for k in self.spec.image_keys + self.spec.proprio_keys if k not in info.get("obs_keys", [])]
+        if missing:
+            raise UserError(f"env observations lack key(s) {', '.join(missing)} the policy reads "
+                            f"(env has: {', '.join(info.get('obs_keys', []))})")
+        for k, shape in info["image_shapes"].items():
+            if len(shape) != 3 or shape[2] != 3 or info["image_dtypes"][k] != "uint8":
+                raise UserError(f"env image '{k}': shape {shape} {info['image_dtypes'][k]}; expected (H, W, 3) uint8")
+            if self.expect_image_size is not None and (shape[0], shape[1]) != (self.expect_image_size,) * 2:
+                raise UserError(f"env image '{k}' is {shape[0]}x{shape[1]} but the policy was trained on "
+                                f"{self.expect_image_size}x{self.expect_image_size} images")
+        if self.expect_proprio_dim is not None and info["proprio_dim"] != self.expect_proprio_dim:
+            raise UserError(f"env proprio ({'+'.join(self.spec.proprio_keys)}) has {info['proprio_dim']} numbers "
+                            f"but the policy expects {self.expect_proprio_dim}")
+        self.horizon = info["horizon"]
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self, policy: Callable[[dict, list[int]], np.ndarray], episodes: Sequence[int] | int, seed: int = 0,
+            video_episodes: Collection[int] = (), video_dir: "str | os.PathLike | None" = None,
+            video_prefix: str = "", progress: bool = False, desc: str = "eval",
+            on_episode: Optional[Callable[[EpisodeResult], None]] = None) -> RolloutRun:
+        """Run the episodes ``episodes`` (indices; an int ``n`` means ``range(n)``) and return their records.
+
+        ``policy(obs, episodes) -> actions``: ``obs`` maps each image key to uint8 ``(B, H, W, 3)`` and
+        ``"proprio"`` to float32 ``(B, P)``; ``episodes`` are the episode indices of the rows; returns
+        ``(B, A)`` actions. If the policy has ``start_episode(episode, seed)`` it is called at every
+        (re)start of an episode. Episodes in ``video_episodes`` are written to ``video_dir`` as mp4.
+        """
+        if self._closed:
+            raise RuntimeError("RolloutPool.run: the pool is closed")
+        if isinstance(episodes, int):
+            episodes = range(episodes)
+        episodes = [int(e) for e in episodes]
+        video_episodes = set(int(e) for e in video_episodes) if video_dir is not None else set()
+        return _Run(self, policy, episodes, seed, video_episodes, video_dir, video_prefix, progress, desc,
+                    on_episode).execute()
+
+
+def run_rollouts(env_args: dict, policy, episodes: Sequence[int] | int, image_keys: Sequence[str],
+                 proprio_keys: Sequence[str], workers: int = 1, seed: int = 0, horizon: Optional[int] = None,
+                 **run_kwargs: Any) -> RolloutRun:
+    """One-shot helper: a :class:`RolloutPool` for these episodes, closed afterwards.
+
+    ``run_kwargs`` go to :class:`RolloutPool` (``expect_image_size``, ``expect_proprio_dim``, ``faults``,
+    ``step_timeout``, ``warn``) or to :meth:`RolloutPool.run` (``video_episodes``, ``video_dir``, ``progress``...).
+    """
+    run_kwargs.setdefault("env_seed", env_seed_for(seed))
+    pool_keys = {"env_seed", "expect_image_size", "expect_proprio_dim", "faults", "step_timeout", "start_timeout",
+                 "warn"}
+    pool_kw = {k: v for k, v in run_kwargs.items() if k in pool_keys}
+    run_kw = {k: v for k, v in run_kwargs.items() if k not in pool_keys}
+    n = episodes if isinstance(episodes, int) else len(episodes)
+    with RolloutPool(env_args, image_keys, proprio_keys, workers=max(1, min(int(workers), max(1, n))),
+                     horizon=horizon, **pool_kw) as pool:
+        return pool.run(policy, episodes, seed=seed, **run_kw)
