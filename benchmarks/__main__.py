@@ -30,6 +30,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from visual_dr3.errors import say
+
 CASES = ("datagen", "memory", "pipeline", "dr3", "robomimic", "rollouts", "scaling")
 
 
@@ -95,10 +97,6 @@ def settings_for(quick: bool, device: str) -> Settings:
                     eval_image_size=84, eval_horizon=100, eval_episodes=2, eval_reps=3, scaling_batches=[32, 64])
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def run_suite(args) -> dict:
     import torch
 
@@ -113,7 +111,7 @@ def run_suite(args) -> dict:
     if not device.startswith("cuda"):
         torch.set_num_threads(os.cpu_count() or 1)
     machine = common.machine_info(device)
-    _say(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+    say(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
          f"GPU {machine['gpu'] or '-'}, torch {machine['torch']}; {'quick' if s.quick else 'full'} settings")
     budget = args.budget_gib
     if budget is None:
@@ -128,12 +126,12 @@ def run_suite(args) -> dict:
         if need_data:
             from benchmarks.data_cases import generate
 
-            _say(f"[data] generating {s.gen_episodes} lift episodes at {s.image_size}x{s.image_size} in {tmp}")
+            say(f"[data] generating {s.gen_episodes} lift episodes at {s.image_size}x{s.image_size} in {tmp}")
             _, gen_rows = generate(dataset, s)
             if "datagen" in cases:
                 rows += gen_rows
         for i, case in enumerate(cases, 1):
-            _say(f"[{i}/{len(cases)}] {case} (elapsed {time.perf_counter() - t_start:.0f} s)")
+            say(f"[{i}/{len(cases)}] {case} (elapsed {time.perf_counter() - t_start:.0f} s)")
             try:
                 if case == "datagen" or case == "memory":
                     if case == "memory" or "memory" not in cases:
@@ -159,7 +157,7 @@ def run_suite(args) -> dict:
                     rows += scaling(str(dataset), s, device, force_cpu=args.scaling_on_cpu)
             except Exception as e:  # a broken case is reported in the table; the others still run
                 failures.append(case)
-                _say(traceback.format_exc())
+                say(traceback.format_exc())
                 rows.append(skipped(case, "case failed", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
     finally:
         if not args.keep:
@@ -181,7 +179,7 @@ def run_suite(args) -> dict:
         from visual_dr3.fileio import write_text_atomic
 
         write_text_atomic(Path(args.json), json.dumps(result, indent=1))
-        _say(f"wrote {args.json}")
+        say(f"wrote {args.json}")
     return result
 
 
@@ -206,7 +204,7 @@ def main(argv=None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        print(f"error: --device {args.device}: expected cpu or cuda", file=sys.stderr)
+        say(f"error: --device {args.device}: expected cpu or cuda")
         return 2
     result = run_suite(args)
     return 1 if result["failed_cases"] else 0

@@ -20,9 +20,11 @@ from pathlib import Path
 import h5py
 
 from benchmarks.common import Row, Timing, skipped
+from visual_dr3.envs.tasks import get_task
+from visual_dr3.fileio import atomic_path
 
-CAMS = ["agentview_image", "robot0_eye_in_hand_image"]
-PROPRIO = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+CAMS = list(get_task("lift").image_keys)  # the datasets the suite generates are lift's
+PROPRIO = list(get_task("lift").proprio_keys)
 
 
 def generate(out: Path, s) -> tuple[dict, list[Row]]:
@@ -45,9 +47,8 @@ def generate(out: Path, s) -> tuple[dict, list[Row]]:
 
 def tile_to(src: Path, dst: Path, episodes: int) -> int:
     """Write ``dst`` with ``episodes`` demos copied round-robin from ``src`` (same layout); returns transitions."""
-    tmp = dst.with_suffix(".tmp")
     total = 0
-    with h5py.File(src, "r") as fi, h5py.File(tmp, "w") as fo:
+    with atomic_path(dst) as tmp, h5py.File(src, "r") as fi, h5py.File(tmp, "w") as fo:
         names = sorted((k for k in fi["data"] if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
         data = fo.create_group("data")
         for k, v in fi["data"].attrs.items():
@@ -56,7 +57,6 @@ def tile_to(src: Path, dst: Path, episodes: int) -> int:
             fi.copy(fi["data"][names[i % len(names)]], data, name=f"demo_{i}")
             total += int(data[f"demo_{i}"].attrs["num_samples"])
         data.attrs["total"] = total
-    os.replace(tmp, dst)
     return total
 
 

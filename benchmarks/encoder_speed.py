@@ -17,10 +17,12 @@ import time
 
 import torch
 
+from visual_dr3.envs.tasks import get_task
 from visual_dr3.learner import losses
-from visual_dr3.learner.networks import QHeads, TanhGaussianActor, count_parameters, make_encoder
+from visual_dr3.learner.encoders import make_encoder
+from visual_dr3.learner.networks import QHeads, TanhGaussianActor, count_parameters
 
-CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
+CAMERAS = get_task("lift").image_keys
 
 
 def main() -> None:

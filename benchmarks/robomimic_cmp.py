@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from benchmarks.common import Row, Timing, cuda_sync_for, ratio_row, timing_row
+from visual_dr3.envs.tasks import get_task
 
-CAMS = ["agentview_image", "robot0_eye_in_hand_image"]
-PROPRIO = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+CAMS = list(get_task("lift").image_keys)  # what our lift datasets hold, read by both learners
+PROPRIO = list(get_task("lift").proprio_keys)
 
 
 def import_robomimic():
@@ -84,7 +85,7 @@ def _register_backbone() -> str:
     import robomimic.models.base_nets as BaseNets
     import robomimic.models.obs_core as ObsCore
 
-    from visual_dr3.learner.networks import ConvEncoder
+    from visual_dr3.learner.encoders import ConvEncoder
 
     class VisualDR3Conv(BaseNets.ConvBase):
         """visual-dr3's per-camera DrQ conv stack (the same modules and init as ``ConvEncoder``)."""

@@ -28,8 +28,9 @@ import torch
 
 from visual_dr3.data.augment import random_shift
 from visual_dr3.data.replay import load_replay
+from visual_dr3.envs.tasks import get_task
 
-CAMS = ["agentview_image", "robot0_eye_in_hand_image"]
+CAMS = list(get_task("lift").image_keys)
 PROPRIO = ["robot0_eef_pos", "robot0_gripper_qpos"]
 
 

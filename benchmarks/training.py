@@ -55,8 +55,8 @@ def train_config(dataset: str, out: str, batch: int, steps: int, device: str, *,
 
 
 def pipeline_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, device: str) -> Timing:
-    """Steps/s of the real training run (``visual_dr3.learner.train.run``), per block."""
-    from visual_dr3.learner.train import run
+    """Steps/s of the real training run (``visual_dr3.app.train.run``), per block."""
+    from visual_dr3.app.train import run
 
     timer = BlockTimer(warmup, block, cuda_sync_for(device))
     cfg = copy.deepcopy(cfg)
@@ -77,7 +77,7 @@ def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, devic
     from visual_dr3.envs.tasks import get_task
     from visual_dr3.learner.datamodule import ReplayDataModule, augment_batch
     from visual_dr3.learner.module import DR3CQL
-    from visual_dr3.learner.train import peek_dataset
+    from visual_dr3.app.dataset import peek_dataset
 
     task = get_task(cfg.task)
     info = peek_dataset(Path(cfg.dataset), task.image_keys, task.proprio_keys)

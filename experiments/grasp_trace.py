@@ -107,9 +107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.episodes < 1:
         raise SystemExit(f"error: --episodes {args.episodes}: expected a positive integer")
     import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
+    from visual_dr3.checkpoint import load_policy, resolve_env_args
     from visual_dr3.envs.make import make_env_from_args
     from visual_dr3.errors import UserError
-    from visual_dr3.evaluation.cli import load_policy, resolve_env_args
     from visual_dr3.evaluation.rollout import TorchPolicy, WorkerSpec, _pack_obs
     from visual_dr3.evaluation.stats import env_seed_for, episode_seed
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from experiments.plan import DatasetSpec, RunSpec
+from visual_dr3 import errors
 from visual_dr3.errors import EXIT_DIVERGED, EXIT_INTERRUPTED
 
 MARKER = "experiment.json"
@@ -67,7 +68,8 @@ def write_marker(run: RunSpec, status: str, seconds: float) -> None:
 # running
 # --------------------------------------------------------------------------------------------------
 def say(line: str) -> None:
-    print(line, flush=True)
+    """A study's progress line, on stdout (it is the study's log)."""
+    errors.say(line, stdout=True)
 
 
 def _display(cmd: Sequence[str]) -> str:

@@ -17,9 +17,9 @@ from lightning.pytorch.callbacks import Callback
 
 import visual_dr3  # noqa: F401
 from visual_dr3.data.replay import Batch
-from visual_dr3.learner.cli_args import parse_train_args
+from visual_dr3.app.cli_args import parse_train_args
 from visual_dr3.learner.datamodule import ReplayDataModule
-from visual_dr3.learner.train import CONFIGS_DIR, run
+from visual_dr3.app.train import CONFIGS_DIR, run
 
 
 class Dump(Callback):

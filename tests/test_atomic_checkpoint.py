@@ -45,3 +45,26 @@ def test_atomic_save_replaces_and_cleans_up(tmp_path):
         io.save_checkpoint({"global_step": step}, path)
         assert io.load_checkpoint(path)["global_step"] == step
     assert [q.name for q in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_atomic_path_commits_on_success_and_leaves_the_old_file_on_error(tmp_path):
+    from visual_dr3.fileio import atomic_path, write_json_atomic, write_text_atomic
+
+    target = tmp_path / "sub" / "f.txt"
+    write_text_atomic(target, "old")
+    for exc in (ValueError("boom"), KeyboardInterrupt()):
+        try:
+            with atomic_path(target) as tmp:
+                tmp.write_text("half")
+                assert tmp.parent == target.parent and tmp.name.startswith(".f.txt.tmp.")
+                raise exc
+        except (ValueError, KeyboardInterrupt):
+            pass
+        assert target.read_text() == "old"
+        assert [p.name for p in target.parent.iterdir()] == ["f.txt"]  # the temp file is gone
+    with atomic_path(tmp_path / "v.mp4", keep_suffix=True) as tmp:
+        assert tmp.suffix == ".mp4" and tmp.name.startswith(".v.tmp.")
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "v.mp4").read_bytes() == b"x"
+    write_json_atomic(target, {"a": float("nan"), "b": torch.tensor(2.5)})
+    assert target.read_text() == '{\n "a": null,\n "b": 2.5\n}\n'

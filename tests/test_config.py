@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from visual_dr3.errors import UserError
-from visual_dr3.learner.cli_args import dump_yaml, normalize_argv, parse_train_args
+from visual_dr3.app.cli_args import dump_yaml, normalize_argv, parse_train_args
 from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -145,12 +145,25 @@ def bad_files(checkpoint, tmp_path_factory):
     (["--checkpoint", "{ck}", "--weights", "best"], "--weights"),
     (["--episodes", "3"], "--checkpoint"),
 ])
-def test_bad_input_is_one_line_exit_2(args, needle, bad_files, checkpoint, tmp_path):
+def test_bad_input_is_one_line_exit_2(args, needle, bad_files, checkpoint, tmp_path, capsys):
+    # in-process (main(argv)); the process boundary is tested by the next test
+    from visual_dr3.app.eval import main
+
     args = [a.format(d=bad_files, ck=checkpoint) for a in args]
-    r = run_eval(args + ["--horizon", "5"], cwd=tmp_path, timeout=300)
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--horizon", "5", "--json", str(tmp_path / "r.json")])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], captured.err[-2000:]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_bad_input_through_the_script_is_one_line_exit_2(bad_files, tmp_path):
+    r = run_eval(["--checkpoint", str(bad_files / "foreign.ckpt")], cwd=tmp_path, timeout=300)
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr[-2000:]
+    assert len(lines) == 1 and "no 'visual_dr3' metadata (incompatible checkpoint)" in lines[0], r.stderr[-2000:]
 
 
 CALLBACK_SCRIPT = r'''
@@ -164,7 +177,7 @@ from visual_dr3.evaluation.callback import EvalCallback
 from visual_dr3.learner.config import TrainConfig, to_dict
 from visual_dr3.learner.datamodule import ReplayDataModule
 from visual_dr3.learner.module import DR3CQL
-from visual_dr3.learner.train import peek_dataset
+from visual_dr3.app.dataset import peek_dataset
 from visual_dr3.envs.tasks import get_task
 
 def main():

@@ -32,7 +32,7 @@ def by_name(runs):
 
 # -- the commands each script builds ------------------------------------------------------------------
 def test_learn_to_grasp_runs_the_cpu_preset_with_bc_given_three_times_the_steps(monkeypatch):
-    from visual_dr3.learner.cli_args import parse_train_args
+    from visual_dr3.app.cli_args import parse_train_args
 
     monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
     scale, runs = plan(learn_to_grasp, "--scale", "cpu", "--kinds", "expert", "mixed")
@@ -315,7 +315,7 @@ def test_probe_end_to_end_tiny(tmp_path):
 def test_every_condition_parses_with_train_py_parser(module, scale):
     """train.py's own parser (defaults < configs/<task>.yaml < --config < flags) accepts each condition's
     command and gives the intended config."""
-    from visual_dr3.learner.cli_args import parse_train_args
+    from visual_dr3.app.cli_args import parse_train_args
 
     _, runs = plan(module, "--scale", scale)
     seen = {}

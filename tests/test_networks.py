@@ -7,15 +7,8 @@ import torch
 from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from visual_dr3.learner.networks import (
-    ConvEncoder,
-    QHeads,
-    ResNetEncoder,
-    TanhGaussianActor,
-    count_parameters,
-    make_encoder,
-    polyak_update,
-)
+from visual_dr3.learner.encoders import ConvEncoder, ResNetEncoder, make_encoder
+from visual_dr3.learner.networks import QHeads, TanhGaussianActor, count_parameters, polyak_update
 
 KEYS2 = ("agentview_image", "robot0_eye_in_hand_image")
 

@@ -14,7 +14,7 @@ from visual_dr3.data.replay import SourceSpec, load_replay, n_step_transitions
 from visual_dr3.data.stats import dataset_stats
 from visual_dr3.envs.tasks import default_dataset_path
 from visual_dr3.errors import UserError
-from visual_dr3.learner.cli_args import parse_train_args, preset_files
+from visual_dr3.app.cli_args import parse_train_args, preset_files
 from visual_dr3.learner.config import TrainConfig, to_dict
 from visual_dr3.learner.module import DR3CQL
 
@@ -196,7 +196,7 @@ def test_awr_actor_loss_exact():
 def test_default_dataset_of_the_cpu_preset_is_generated_once_with_data_seed_0(tmp_path, monkeypatch):
     import visual_dr3.data.generate as gen
     from visual_dr3.envs.tasks import get_task
-    from visual_dr3.learner import train
+    from visual_dr3.app import dataset as train
 
     calls = []
 

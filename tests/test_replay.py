@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from h5fixtures import CAMERAS, ENV_ARGS, PROPRIO, PROPRIO_DIM, decode_images, reward_of, write_file
-from visual_dr3.data.replay import (Batch, ResidentReplay, SourceSpec, load_replay, split_counts,
-                                    weights_by_size)
+from h5fixtures import CAMERAS, ENV_ARGS, PROPRIO, PROPRIO_DIM, decode_images, write_file
+from visual_dr3.data.replay import Batch, ResidentReplay, SourceSpec, load_replay, split_counts
 from visual_dr3.errors import UserError
 
 CAMS = list(CAMERAS)
@@ -184,7 +182,6 @@ def test_split_counts():
     assert split_counts(5, [1, 0, 1]) == [3, 0, 2]
     assert split_counts(7, [3, 1]) == [5, 2]  # 5.25 / 1.75: the larger remainder gets the extra sample
     assert sum(split_counts(257, [0.1, 0.2, 0.3, 0.4])) == 257
-    assert weights_by_size([10, 30]) == [0.25, 0.75]
 
 
 def test_mixing_two_files_exact_counts(tmp_path):

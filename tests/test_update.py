@@ -9,7 +9,8 @@ import torch
 from visual_dr3.data.replay import Batch
 from visual_dr3.learner import losses as L
 from visual_dr3.learner.config import TrainConfig
-from visual_dr3.learner.networks import QHeads, TanhGaussianActor, make_encoder
+from visual_dr3.learner.encoders import make_encoder
+from visual_dr3.learner.networks import QHeads, TanhGaussianActor
 from visual_dr3.learner.update import Nets, compute_update
 
 B, A, H, P, D = 6, 7, 16, 5, 32
@@ -124,20 +125,32 @@ def test_actor_loss_does_not_reach_critic_and_critic_loss_does_not_reach_actor()
                                                         allow_unused=True, retain_graph=True))
 
 
-def test_bc_warmup_switches_actor_loss():
+@pytest.mark.parametrize("bc_loss", ["nll", "mse"])
+def test_bc_warmup_is_exactly_imitation_until_its_last_step_then_sac(bc_loss):
     batch = make_batch()
     cfg = TrainConfig()
     cfg.algo.bc_warmup_steps = 10
+    cfg.algo.bc_loss = bc_loss
     nets = make_nets(cfg)
-    bc = run(cfg, nets, batch, step=3).parts["actor"]
-    sac = run(cfg, nets, batch, step=10).parts["actor"]
-    # BC: alpha*logp - log pi(a_data|s); with the same generator the sampled logp is identical.
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng():
         obs_all = {k: torch.cat([batch.obs[k], batch.next_obs[k]]) for k in batch.obs}
         phi = nets.encoder(obs_all)[:B]
-        lp = nets.actor.log_prob(phi, batch.action)
-    assert not torch.allclose(bc, sac)
-    assert torch.isfinite(lp).all()
+        score = (nets.actor.log_prob(phi, batch.action) if bc_loss == "nll"
+                 else -(nets.actor.mode(phi) - batch.action).pow(2).sum(-1))
+    alpha = nets.log_alpha.exp().item()
+    for step in (0, 9):  # warm-up: mean(alpha * log pi(a_pi|s)) - mean(score of the data action), exactly
+        out = run(cfg, nets, batch, step=step)
+        want = alpha * -out.metrics["entropy"] - score.mean()
+        torch.testing.assert_close(out.parts["actor"], want, rtol=1e-6, atol=1e-6)
+    # step 10: SAC; the same sampled action (same generator) with bc_weight w adds exactly -w * mean(score)
+    sac = run(cfg, nets, batch, step=10)
+    assert not torch.allclose(sac.parts["actor"], alpha * -sac.metrics["entropy"] - score.mean())
+    cfg_w = copy.deepcopy(cfg)
+    cfg_w.algo.bc_weight = 2.5
+    with_bc = run(cfg_w, nets, batch, step=10)
+    torch.testing.assert_close(with_bc.parts["actor"] - sac.parts["actor"], -2.5 * score.mean(), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(with_bc.parts["critic"], sac.parts["critic"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("bc_loss", ["mse", "nll"])

@@ -1,5 +1,5 @@
-"""One-line user errors and the CLI wrapper that turns them into `error: ...` with exit code 2 (and Ctrl-C into one
-line with exit code 130)."""
+"""What the user reads: one-line user errors, the CLI wrapper that turns them into `error: ...` with exit code 2
+(and Ctrl-C into one line with exit code 130), the exit codes, and :func:`say`, the one way to print a line."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 #: exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it
 EXIT_INTERRUPTED = 130
+
+
+def say(line: str, stdout: bool = False) -> None:
+    """Print one line for the user, on stderr (``stdout=True``: on stdout), above any live tqdm progress bar."""
+    stream = sys.stdout if stdout else sys.stderr
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover  (tqdm is a dependency)
+        print(line, file=stream, flush=True)
+        return
+    tqdm.write(line, file=stream)
+    stream.flush()
 
 
 class UserError(Exception):
@@ -36,11 +48,10 @@ def cli_entry(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            msg = " ".join(str(e).split("\n"))
-            print(f"error: {msg}", file=sys.stderr, flush=True)
+            say("error: " + " ".join(str(e).split("\n")))
             raise SystemExit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            print("\ninterrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            say("\ninterrupted (Ctrl-C)")
             raise SystemExit(EXIT_INTERRUPTED) from None
 
     return wrapper

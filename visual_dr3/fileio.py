@@ -1,9 +1,19 @@
-"""Small file helpers shared by the CLIs: writable-folder checks and atomic text writes."""
+"""File helpers shared by every writer: writable-folder checks and atomic writes.
+
+Every file the project writes (checkpoints, datasets, metrics, configs, reports, plots, videos) goes through
+:func:`atomic_path`: the writer fills a temporary file in the target's folder, which is then fsynced and
+renamed over the target (and the folder fsynced, so the rename itself survives a crash). A reader, a crash
+or a Ctrl-C sees the old file or the new one, never a half-written one; on any error the temporary file is
+removed and the old file is left as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
+from typing import Iterator
 
 from visual_dr3.errors import UserError
 
@@ -21,21 +31,74 @@ def ensure_writable_dir(folder: "str | os.PathLike", flag: str) -> Path:
     return folder
 
 
-def write_text_atomic(path: "str | os.PathLike", text: str) -> Path:
-    """Write ``text`` through a temporary file in the same folder, fsync, then rename over ``path``.
+def temp_path_for(path: "str | os.PathLike", keep_suffix: bool = False) -> Path:
+    """A fresh temporary name beside ``path``: ``.<name>.tmp.<pid>.<hex>`` (``.gitignore`` matches
+    ``.*.tmp.*``), so a ``glob("*.ckpt")`` or ``glob("*.hdf5")`` never picks up a file being written. With
+    ``keep_suffix`` it is ``.<stem>.tmp.<pid>.<hex><suffix>``, for writers that choose a format by extension
+    (ffmpeg)."""
+    path = Path(path)
+    tag = f"tmp.{os.getpid()}.{secrets.token_hex(4)}"
+    return path.with_name(f".{path.stem}.{tag}{path.suffix}" if keep_suffix else f".{path.name}.{tag}")
 
-    A reader (or a crash) sees the old file or the new one, never a half-written one.
-    """
+
+def commit(tmp: "str | os.PathLike", path: "str | os.PathLike") -> Path:
+    """fsync ``tmp``, rename it over ``path`` and fsync the folder so that the rename is durable too."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some file systems cannot fsync a folder; the rename has happened
+        pass
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: "str | os.PathLike", keep_suffix: bool = False) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp:`` write ``tmp`` (any writer, by name); on a clean exit it becomes ``p``
+    (:func:`commit`), on an exception (or Ctrl-C) it is removed and ``p`` is untouched. ``keep_suffix``: see
+    :func:`temp_path_for`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path_for(path, keep_suffix)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield tmp
+        commit(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def write_text_atomic(path: "str | os.PathLike", text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: "str | os.PathLike", obj) -> Path:
+    """Write ``obj`` as indented JSON atomically; non-finite floats become null, numpy/torch scalars numbers."""
+    import json
+
+    return write_text_atomic(path, json.dumps(_json_safe(obj), indent=1) + "\n")
+
+
+def _json_safe(obj):
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _json_safe(obj.item())
+    return obj

@@ -213,9 +213,6 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
     }
     init_args = (spec.name, int(image_size), cams, horizon, int(seed), kind)
 
-    successes = transitions = env_steps = 0
-    role_counts: dict[str, list[int]] = {}
-    roles: list[str] = []
     model_file = ""
     bar = tqdm(total=int(episodes), unit="ep", desc=f"{spec.name}/{kind}", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
@@ -234,30 +231,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
                 model_file = model_file_for(spec, image_size, cams, horizon, seed)
                 pool = worker_pool(workers, init_args)
                 results = pool.imap(worker_episode, range(episodes), chunksize=1)
-            for ep in results:
-                writer.add_demo(
-                    ep["actions"], ep["rewards"], ep["dones"], ep["states"], ep["obs"], model_file=model_file,
-                    attrs={"success": int(ep["success"]), "sigma": ep["sigma"], "role": ep["role"],
-                           "seed": ep["seed"], "attempt": ep["attempt"]},
-                )
-                roles.append(ep["role"])
-                rc = role_counts.setdefault(ep["role"], [0, 0])
-                rc[0] += 1
-                rc[1] += int(ep["success"])
-                successes += int(ep["success"])
-                transitions += len(ep["actions"])
-                env_steps += ep["env_steps"]
-                bar.set_postfix(transitions=transitions, success=f"{successes}/{bar.n + 1}", refresh=False)
-                bar.update(1)
-            train, valid = split_masks(episodes, seed)
-            writer.set_mask("train", [f"demo_{i}" for i in train])
-            writer.set_mask("valid", [f"demo_{i}" for i in valid])
-            if kind == "cog":
-                for role in ("prior", "task"):
-                    writer.set_mask(role, [f"demo_{i}" for i, r in enumerate(roles) if r == role])
-            writer.meta["successes"] = successes
-            writer.meta["success_rate"] = successes / episodes
-            writer.meta["transitions"] = transitions
+            tally = _write_episodes(writer, results, model_file, kind, int(episodes), int(seed), bar)
     finally:
         bar.close()
         if pool is not None:
@@ -266,6 +240,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
         if workers == 1:
             close_worker_env()
     seconds = time.time() - t0
+    successes, transitions, env_steps = tally["successes"], tally["transitions"], tally["env_steps"]
     summary = {
         "task": spec.name, "kind": kind, "episodes": int(episodes), "transitions": transitions,
         "successes": successes, "success_rate": successes / episodes,
@@ -274,10 +249,44 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
         "workers": workers, "image_size": int(image_size), "seed": int(seed),
     }
     if kind == "cog":
-        for role, (n, s) in role_counts.items():
+        for role, (n, s) in tally["role_counts"].items():
             summary[f"{role}_episodes"] = n
             summary[f"{role}_success_rate"] = s / n
     return summary
+
+
+def _write_episodes(writer, results, model_file: str, kind: str, episodes: int, seed: int, bar) -> dict:
+    """Add each episode of ``results`` to ``writer`` as a demo, then the masks (train/valid; cog: prior/task)
+    and the tallies in the file's metadata. Returns the tallies (successes, transitions, env_steps,
+    role_counts: role -> [episodes, successes])."""
+    successes = transitions = env_steps = 0
+    role_counts: dict[str, list[int]] = {}
+    roles: list[str] = []
+    for ep in results:
+        writer.add_demo(
+            ep["actions"], ep["rewards"], ep["dones"], ep["states"], ep["obs"], model_file=model_file,
+            attrs={"success": int(ep["success"]), "sigma": ep["sigma"], "role": ep["role"],
+                   "seed": ep["seed"], "attempt": ep["attempt"]},
+        )
+        roles.append(ep["role"])
+        rc = role_counts.setdefault(ep["role"], [0, 0])
+        rc[0] += 1
+        rc[1] += int(ep["success"])
+        successes += int(ep["success"])
+        transitions += len(ep["actions"])
+        env_steps += ep["env_steps"]
+        bar.set_postfix(transitions=transitions, success=f"{successes}/{bar.n + 1}", refresh=False)
+        bar.update(1)
+    train, valid = split_masks(episodes, seed)
+    writer.set_mask("train", [f"demo_{i}" for i in train])
+    writer.set_mask("valid", [f"demo_{i}" for i in valid])
+    if kind == "cog":
+        for role in ("prior", "task"):
+            writer.set_mask(role, [f"demo_{i}" for i, r in enumerate(roles) if r == role])
+    writer.meta["successes"] = successes
+    writer.meta["success_rate"] = successes / episodes
+    writer.meta["transitions"] = transitions
+    return {"successes": successes, "transitions": transitions, "env_steps": env_steps, "role_counts": role_counts}
 
 
 def format_summary(s: dict) -> str:

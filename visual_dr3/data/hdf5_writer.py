@@ -1,7 +1,7 @@
 """Write datasets in robomimic's HDF5 layout (see docs/INTERFACES.md), atomically.
 
-The file is written to a temporary name in the target's folder (``<name>.tmp.<pid>.<random>``, which
-``.gitignore`` matches), flushed and fsynced, then ``os.replace``d onto the target. If anything fails
+The file is written to a temporary name in the target's folder (``.<name>.tmp.<pid>.<random>``, which
+``.gitignore`` matches), flushed, then fsynced and renamed onto the target (``visual_dr3.fileio.commit``). If anything fails
 before that, the temporary file is removed and a file already at the target is left untouched.
 
 Layout::
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -37,6 +36,7 @@ import h5py
 import numpy as np
 
 from visual_dr3.errors import UserError
+from visual_dr3.fileio import commit, temp_path_for
 
 #: version of our metadata (``data.attrs['visual_dr3']``)
 FORMAT_VERSION = 1
@@ -94,7 +94,7 @@ class DatasetWriter:
         self.image_compression = image_compression
         # compression_opts is gzip's level; lzf takes none
         self.image_compression_opts = image_compression_opts if image_compression == "gzip" else None
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+        self.tmp_path = temp_path_for(self.path)
         self._file: h5py.File | None = h5py.File(self.tmp_path, "w", libver="latest")
         self._data = self._file.create_group("data")
         self._masks: dict[str, list[str]] = {}
@@ -182,20 +182,7 @@ class DatasetWriter:
             self._file.flush()
             self._file.close()
             self._file = None
-            fd = os.open(self.tmp_path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(self.tmp_path, self.path)
-            try:  # make the rename itself durable
-                dfd = os.open(self.path.parent if str(self.path.parent) else ".", os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            except OSError:
-                pass
+            commit(self.tmp_path, self.path)
         except BaseException:
             self.abort()
             raise

@@ -264,7 +264,7 @@ def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str],
     tables = _source_tables(specs, p1, lay)
     sizes = [int(t.size) for t in tables]
     if weights is None:
-        weights = list(sizes)  # pool by size (exact integers for the split; see weights_by_size)
+        weights = list(sizes)  # pool by size (exact integers for the split)
     for i, (s, n, w) in enumerate(zip(specs, sizes, weights)):
         if w > 0 and n == 0:
             raise UserError(f"{_label(s, i)}: no sampleable transitions (every demo ends in a truncated step "

@@ -39,23 +39,21 @@ Sampling (:meth:`ResidentReplay.sample`)
     A batch of B takes an exact, deterministic count per source — the largest-remainder split of B by the
     normalized weights (ties to the earlier source) — each drawn uniformly (with replacement) within its
     source: COG's prior/task pooling; weights 0.5/0.5 give 50/50 batches. ``weight=None`` on every source
-    means "in proportion to the sources' sizes" (uniform pooling; see :func:`weights_by_size`). The batch is
-    ordered by source (``Batch.source``). Indices are drawn with the caller's ``torch.Generator`` (on the
+    means "in proportion to the sources' sizes" (uniform pooling). The batch is ordered by source (``Batch.source``). Indices are drawn with the caller's ``torch.Generator`` (on the
     replay's device; each DDP rank passes its own) and gathered entirely in torch on the device: no Python
     loop over samples, no numpy and no host sync per call (the first call for a batch size builds a (B,)
     source-id table once).
 
 Where it lives: :mod:`~visual_dr3.data.loading` (:class:`SourceSpec`, :func:`load_replay`: reading the
 HDF5 sources) and :mod:`~visual_dr3.data.sampling` (:class:`ResidentReplay`, :class:`Batch`,
-:func:`split_counts`, :func:`weights_by_size`: what is held and how batches are drawn). This module
-re-exports them.
+:func:`split_counts`: what is held and how batches are drawn). This module re-exports them.
 """
 
 from __future__ import annotations
 
 from visual_dr3.data.loading import PROGRESS_MIN_DEMOS, SourceSpec, load_replay  # noqa: F401
 from visual_dr3.data.nstep import n_step_transitions
-from visual_dr3.data.sampling import PROPRIO_KEY, Batch, ResidentReplay, split_counts, weights_by_size
+from visual_dr3.data.sampling import PROPRIO_KEY, Batch, ResidentReplay, split_counts
 
 __all__ = ["SourceSpec", "Batch", "ResidentReplay", "load_replay", "n_step_transitions", "split_counts",
-           "weights_by_size", "PROPRIO_KEY"]
+           "PROPRIO_KEY"]

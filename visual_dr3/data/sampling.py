@@ -56,12 +56,6 @@ def split_counts(batch_size: int, weights: Sequence[float]) -> list[int]:
     return counts
 
 
-def weights_by_size(sizes: Sequence[int]) -> list[float]:
-    """Weights that pool sources uniformly (each transition equally likely): proportional to their sizes."""
-    total = sum(sizes)
-    return [s / total for s in sizes] if total > 0 else [0.0 for _ in sizes]
-
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 

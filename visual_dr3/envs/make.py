@@ -9,18 +9,22 @@ exactly the images it was trained on:
   (``model.vis.quality.offsamples = 0`` plus re-created offscreen buffers): a frame takes ~13 ms
   instead of ~55 ms on a CPU (llvmpipe); re-applied automatically if the env ever hard-resets;
 - upright images: robosuite's ``macros.IMAGE_CONVENTION = "opencv"`` (row 0 is the top of the image),
-  set here for the whole process;
+  set for the whole process when the first env is described or built (:func:`robosuite_module`);
 - sparse reward (``reward_shaping=False``), 20 Hz control, the BASIC composite controller (OSC_POSE arm).
 
 Seeding: robosuite 1.5.2 draws object placements and the robot's initial joint noise from ``env.rng``
 (a ``numpy.random.Generator`` that the placement sampler holds a reference to). :func:`reset_env`
 re-seeds that generator *in place* before a reset, so an episode's initial state depends only on its
 seed, not on what the env did before.
+
+Importing this module does nothing to the process: robosuite (and its log filter, the triton preload and
+the image convention) is set up on first use, by :func:`robosuite_module`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from typing import Any
@@ -44,9 +48,6 @@ class _QuietRobosuite(logging.Filter):
         return not any(n in msg for n in self._NOISE)
 
 
-logging.getLogger("robosuite_logs").addFilter(_QuietRobosuite())
-
-
 def _preload_triton() -> None:
     """Load triton's native library before any EGL context exists.
 
@@ -68,15 +69,21 @@ def _preload_triton() -> None:
         pass
 
 
-_preload_triton()
-
-import mujoco  # noqa: E402
-import robosuite  # noqa: E402
-import robosuite.macros as _rs_macros  # noqa: E402
-from robosuite.controllers import load_composite_controller_config  # noqa: E402
-
 IMAGE_CONVENTION = "opencv"
-_rs_macros.IMAGE_CONVENTION = IMAGE_CONVENTION
+
+
+@functools.cache
+def robosuite_module():
+    """``robosuite``, imported the way every env of this project needs it, once per process: robosuite's
+    INFO chatter filtered (before its import, which logs), triton's library loaded before any EGL context
+    (:func:`_preload_triton`), images upright (``macros.IMAGE_CONVENTION = "opencv"``, process-wide)."""
+    logging.getLogger("robosuite_logs").addFilter(_QuietRobosuite())
+    _preload_triton()
+    import robosuite
+    import robosuite.macros
+
+    robosuite.macros.IMAGE_CONVENTION = IMAGE_CONVENTION
+    return robosuite
 
 ROBOT = "Panda"
 CONTROL_FREQ = 20
@@ -100,6 +107,9 @@ def controller_config() -> dict:
     Only the ``right`` part (the Panda's one arm and gripper) is kept: the config's other parts (left,
     torso, head, base, legs) make robosuite warn five times at every reset.
     """
+    robosuite_module()
+    from robosuite.controllers import load_composite_controller_config
+
     cfg = load_composite_controller_config(controller="BASIC", robot=ROBOT)
     cfg["body_parts"] = {"right": cfg["body_parts"]["right"]}
     return cfg
@@ -117,7 +127,7 @@ def env_args_for(task: "str | TaskSpec", image_size: int = 84, cameras=None, hor
     size = _check_size(image_size)
     args = {
         "env_name": spec.env_name,
-        "env_version": robosuite.__version__,
+        "env_version": robosuite_module().__version__,
         "type": ENV_TYPE_ROBOSUITE,
         "env_kwargs": {
             "robots": [ROBOT],
@@ -178,7 +188,8 @@ def make_env_from_args(env_args: dict, seed: int | None = None, *, fast_render: 
         kwargs["controller_configs"] = refactor_composite_controller_config(ctrl, ROBOT, ["right"])
     if seed is not None:
         kwargs["seed"] = int(seed)
-    _rs_macros.IMAGE_CONVENTION = IMAGE_CONVENTION  # in case anything changed it since import
+    robosuite = robosuite_module()
+    robosuite.macros.IMAGE_CONVENTION = IMAGE_CONVENTION  # in case anything changed it since the first use
     env = robosuite.make(env_args["env_name"], **kwargs)
     env._vdr3_fast_render = bool(fast_render)
     _apply_render_settings(env)
@@ -210,11 +221,13 @@ def sim_state(env) -> np.ndarray:
 
 def render_flags(env) -> dict:
     """The render settings actually in effect on ``env`` (for tests and sanity checks)."""
+    import mujoco
+
     ctx = env.sim._render_context_offscreen
     return {
         "reflection": bool(ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION]) if ctx is not None else None,
         "offsamples": int(env.sim.model.vis.quality.offsamples),
-        "image_convention": _rs_macros.IMAGE_CONVENTION,
+        "image_convention": robosuite_module().macros.IMAGE_CONVENTION,
     }
 
 
@@ -229,6 +242,8 @@ def _check_size(image_size) -> int:
 
 
 def _apply_render_settings(env) -> None:
+    import mujoco
+
     env._vdr3_sim = env.sim
     if not getattr(env, "_vdr3_fast_render", True):
         return

@@ -1,6 +1,6 @@
 """Evaluation during training: a Lightning callback that rolls the current policy out every N steps.
 
-Wiring (``visual_dr3/learner/train.py``, in ``build_trainer``)::
+Wiring (``visual_dr3/app/train.py``, in ``build_trainer``)::
 
     from visual_dr3.evaluation.callback import make_eval_callback
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -48,13 +47,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from visual_dr3.errors import UserError
-from visual_dr3.evaluation.cli import resolve_env_args, write_json_atomic
+from visual_dr3.checkpoint import resolve_env_args
+from visual_dr3.errors import UserError, say
 from visual_dr3.evaluation.lockstep import EpisodeResult
 from visual_dr3.evaluation.policy import TorchPolicy
 from visual_dr3.evaluation.pool import RolloutPool
 from visual_dr3.evaluation.stats import env_seed_for, episode_seed, rank_episodes, summarize
 from visual_dr3.evaluation.workers import format_exc
+from visual_dr3.fileio import write_json_atomic
 
 METRIC_KEYS = {
     "success_rate": "eval/success_rate",
@@ -65,15 +65,6 @@ METRIC_KEYS = {
     "env_steps_per_s": "eval/env_steps_per_s",
     "errors": "eval/errors",
 }
-
-
-def _say(line: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(line, file=sys.stderr)
-    except Exception:
-        print(line, file=sys.stderr, flush=True)
 
 
 class EvalCallback(Callback):
@@ -145,7 +136,7 @@ class EvalCallback(Callback):
         self._env_args, notes = resolve_env_args(hp, where="training dataset")
         if trainer.is_global_zero:
             for n in notes:
-                _say(f"note: {n}")
+                say(f"note: {n}")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -182,7 +173,7 @@ class EvalCallback(Callback):
                                      env_seed=env_seed_for(self.seed),
                                      expect_image_size=int(hp["image_size"]),
                                      expect_proprio_dim=int(hp.get("proprio_dim") or 0) or None,
-                                     faults=self.faults, warn=_say)
+                                     faults=self.faults, warn=say)
         return self._pool
 
     def _run_local(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict:
@@ -207,7 +198,7 @@ class EvalCallback(Callback):
             raise
         except Exception as e:  # keep training: record this rank's episodes as failed, retry with a fresh pool
             err = format_exc(e)
-            _say(f"warning: rank {rank}: evaluation at step {step} failed ({err}); its {len(mine)} episodes "
+            say(f"warning: rank {rank}: evaluation at step {step} failed ({err}); its {len(mine)} episodes "
                  f"are recorded as failed")
             self.close()
             payload["records"] = [EpisodeResult(episode=i, seed=episode_seed(self.seed, i), attempts=0,
@@ -259,7 +250,7 @@ class EvalCallback(Callback):
                 "summary": summary, "records": records,
                 "warnings": [w for p in gathered for w in p["warnings"]],
             })
-            _say(f"eval @ step {step}: success {summary['successes']}/{summary['episodes']} "
+            say(f"eval @ step {step}: success {summary['successes']}/{summary['episodes']} "
                  f"({summary['success_rate']:.3f}, 95% CI [{summary['success_ci95_low']:.3f}, "
                  f"{summary['success_ci95_high']:.3f}]), return {summary['mean_return']:.3f}, "
                  f"length {summary['mean_length']:.1f}, {summary.get('env_steps_per_s', float('nan')):.1f} env steps/s"
@@ -271,13 +262,8 @@ class EvalCallback(Callback):
         return summary
 
     def _save_best(self, trainer: L.Trainer) -> None:
-        best = self.best_path(trainer)
-        tmp = best.with_name(best.name + ".tmp")
-        if trainer.is_global_zero:
-            best.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(str(tmp))  # every rank (ends in a barrier); rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, best)
+        # every rank (ends in a barrier); rank 0 writes, atomically (the trainer's AtomicCheckpointIO)
+        trainer.save_checkpoint(str(self.best_path(trainer)))
 
     @staticmethod
     def _log_videos(trainer: L.Trainer, videos: list[str], step: int) -> None:
@@ -291,7 +277,7 @@ class EvalCallback(Callback):
                     logger.log_video("eval/video", videos=list(videos), step=step,
                                      caption=[Path(v).stem for v in videos], format=["mp4"] * len(videos))
                 except Exception as e:  # videos are a by-product
-                    _say(f"warning: eval videos not logged to wandb ({format_exc(e)})")
+                    say(f"warning: eval videos not logged to wandb ({format_exc(e)})")
 
 
 def default_eval_workers(episodes_per_rank: int, processes_per_node: int = 1) -> int:

@@ -22,9 +22,8 @@ class TorchPolicy:
     batch), proprio as float32 ``(B, P)``: the format of training batches. ``deterministic=True`` takes
     ``tanh(mean)`` through ``module.act``. Stochastic actions use one noise generator *per episode*, seeded
     by the episode's seed, so an episode's actions do not depend on which other episodes share its batch
-    (i.e. on the number of workers): the module's actor gives ``(mean, log_std)`` and the action is
-    ``tanh(mean + exp(log_std) * eps)`` with ``eps`` from the episode's generator -- the same distribution as
-    ``act(deterministic=False)``. The caller puts the module in eval mode.
+    (i.e. on the number of workers): ``eps`` comes from the episode's generator and goes to
+    ``module.act(noise=eps)``. The caller puts the module in eval mode.
     """
 
     def __init__(self, module, image_keys: Sequence[str], deterministic: bool = True, device=None):
@@ -37,6 +36,7 @@ class TorchPolicy:
         self.device = torch.device(device) if device is not None else next(module.parameters()).device
         self._generators: dict[int, Any] = {}
         self._per_episode = not self.deterministic and hasattr(module, "acting_nets")
+        self._noise_dim = module.acting_nets()[1].action_dim if self._per_episode else None
         self._batch_generator = None
 
     def start_episode(self, episode: int, seed: int) -> None:
@@ -60,14 +60,8 @@ class TorchPolicy:
             if self.deterministic:
                 a = self.module.act(t, deterministic=True)
             elif self._per_episode:
-                m = self.module
-                enc, actor = m.acting_nets()
-                mean, log_std = actor(enc(t))
-                eps = torch.stack([torch.randn(mean.shape[-1], generator=self._generators[e]) for e in episodes])
-                eps = eps.to(device=mean.device, dtype=mean.dtype)
-                a = torch.tanh(mean + log_std.exp() * eps)
-                if hasattr(m, "full_action"):  # the env's action: dims held fixed take their dataset value
-                    a = m.full_action(a)
+                eps = torch.stack([torch.randn(self._noise_dim, generator=self._generators[e]) for e in episodes])
+                a = self.module.act(t, deterministic=False, noise=eps.to(self.device))
             else:
                 if self._batch_generator is None:
                     self._batch_generator = torch.Generator(device=self.device).manual_seed(0)

@@ -1,4 +1,4 @@
-"""The rollout pool: ``workers`` env processes kept for many runs, and the one-shot :func:`run_rollouts`.
+"""The rollout pool: ``workers`` env processes kept for many runs, .
 
 :class:`RolloutPool` starts the worker processes (:mod:`~visual_dr3.evaluation.workers`), checks the first
 observation of every worker against what the policy expects, runs lists of episodes through
@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 import time
-from typing import Any, Callable, Collection, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 import numpy as np
 
-from visual_dr3.errors import UserError
+from visual_dr3.errors import UserError, say
 from visual_dr3.evaluation.lockstep import EpisodeResult, RolloutRun, _Run
-from visual_dr3.evaluation.stats import env_seed_for
 from visual_dr3.evaluation.workers import DEAD, FaultSpec, WorkerSpec, _Worker
 
 START_METHOD = "spawn"
-
-
-def _default_warn(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 class RolloutPool:
@@ -43,7 +37,7 @@ class RolloutPool:
                  horizon: Optional[int] = None, env_seed: int = 0, expect_image_size: Optional[int] = None,
                  expect_proprio_dim: Optional[int] = None, faults: Sequence[FaultSpec] = (),
                  step_timeout: float = 120.0, start_timeout: float = 600.0,
-                 warn: Callable[[str], None] = _default_warn):
+                 warn: Callable[[str], None] = say):
         if int(workers) < 1:
             raise UserError(f"--workers: got {workers!r}; expected a positive integer")
         self.spec = WorkerSpec(env_args=env_args, image_keys=tuple(image_keys), proprio_keys=tuple(proprio_keys),
@@ -129,22 +123,3 @@ class RolloutPool:
         video_episodes = set(int(e) for e in video_episodes) if video_dir is not None else set()
         return _Run(self, policy, episodes, seed, video_episodes, video_dir, video_prefix, progress, desc,
                     on_episode).execute()
-
-
-def run_rollouts(env_args: dict, policy, episodes: Sequence[int] | int, image_keys: Sequence[str],
-                 proprio_keys: Sequence[str], workers: int = 1, seed: int = 0, horizon: Optional[int] = None,
-                 **run_kwargs: Any) -> RolloutRun:
-    """One-shot helper: a :class:`RolloutPool` for these episodes, closed afterwards.
-
-    ``run_kwargs`` go to :class:`RolloutPool` (``expect_image_size``, ``expect_proprio_dim``, ``faults``,
-    ``step_timeout``, ``warn``) or to :meth:`RolloutPool.run` (``video_episodes``, ``video_dir``, ``progress``...).
-    """
-    run_kwargs.setdefault("env_seed", env_seed_for(seed))
-    pool_keys = {"env_seed", "expect_image_size", "expect_proprio_dim", "faults", "step_timeout", "start_timeout",
-                 "warn"}
-    pool_kw = {k: v for k, v in run_kwargs.items() if k in pool_keys}
-    run_kw = {k: v for k, v in run_kwargs.items() if k not in pool_keys}
-    n = episodes if isinstance(episodes, int) else len(episodes)
-    with RolloutPool(env_args, image_keys, proprio_keys, workers=max(1, min(int(workers), max(1, n))),
-                     horizon=horizon, **pool_kw) as pool:
-        return pool.run(policy, episodes, seed=seed, **run_kw)

@@ -24,7 +24,7 @@ Design
   records the episode as failed (``success: false`` and ``error``), never silently dropped.
 
 Where it lives: :mod:`~visual_dr3.evaluation.workers` (the worker process, :class:`FaultSpec`,
-:class:`WorkerSpec`), :mod:`~visual_dr3.evaluation.pool` (:class:`RolloutPool`, :func:`run_rollouts`),
+:class:`WorkerSpec`), :mod:`~visual_dr3.evaluation.pool` (:class:`RolloutPool`),
 :mod:`~visual_dr3.evaluation.lockstep` (one run's loop and its records: :class:`EpisodeResult`,
 :class:`RolloutRun`, :class:`RolloutError`) and :mod:`~visual_dr3.evaluation.policy` (:class:`TorchPolicy`).
 This module re-exports them. Workers import numpy and robosuite only (no torch); torch is imported only
@@ -35,9 +35,9 @@ from __future__ import annotations
 
 from visual_dr3.evaluation.lockstep import MAX_ATTEMPTS, EpisodeResult, RolloutError, RolloutRun
 from visual_dr3.evaluation.policy import TorchPolicy
-from visual_dr3.evaluation.pool import START_METHOD, RolloutPool, run_rollouts
+from visual_dr3.evaluation.pool import START_METHOD, RolloutPool
 from visual_dr3.evaluation.workers import (BUSY, DEAD, HAS_OBS, IDLE, PROPRIO_KEY, STARTING, FaultSpec,  # noqa: F401
                                             WorkerSpec, format_exc, _pack_obs)
 
 __all__ = ["EpisodeResult", "FaultSpec", "MAX_ATTEMPTS", "PROPRIO_KEY", "RolloutError", "RolloutPool", "RolloutRun",
-           "START_METHOD", "TorchPolicy", "WorkerSpec", "run_rollouts"]
+           "START_METHOD", "TorchPolicy", "WorkerSpec"]

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from visual_dr3.fileio import atomic_path
+
 TARGET_HEIGHT = 256
 BORDER = 8
 GAP = 4
@@ -91,20 +93,13 @@ def write_mp4(path: "str | os.PathLike", frames: Sequence[np.ndarray], fps: int 
     """Write ``frames`` (uint8 (H, W, 3), H and W multiples of 16) as an H.264 mp4, atomically."""
     import imageio.v2 as imageio  # lazy: only the process writing videos needs it
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # ffmpeg picks the container from the extension
         with imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                 pixelformat="yuv420p", macro_block_size=BLOCK, quality=8,
                                 ffmpeg_log_level="error") as w:
             for f in frames:
                 w.append_data(np.ascontiguousarray(f))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def write_episode_video(path: "str | os.PathLike", steps: Sequence[Sequence[np.ndarray]], success: bool,

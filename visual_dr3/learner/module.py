@@ -19,7 +19,8 @@ from torch import nn
 from visual_dr3.data.replay import Batch
 from visual_dr3.learner import diagnostics as D
 from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
-from visual_dr3.learner.networks import QHeads, TanhGaussianActor, make_encoder, polyak_update
+from visual_dr3.learner.encoders import make_encoder
+from visual_dr3.learner.networks import QHeads, TanhGaussianActor, polyak_update
 from visual_dr3.learner.update import Nets, compute_update, ema_decay
 
 
@@ -254,11 +255,13 @@ class DR3CQL(L.LightningModule):
 
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Actions in [-1, 1] for a batch of observations (uint8 images (B,3,H,W), 'proprio' (B,P))."""
+            generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Actions in [-1, 1] for a batch of observations (uint8 images (B,3,H,W), 'proprio' (B,P)):
+        ``tanh(mean)``, or with ``deterministic=False`` ``tanh(mean + std * eps)``, ``eps`` drawn with
+        ``generator`` or given as ``noise`` ((B, learned action dims), standard normal)."""
         enc, actor = self.acting_nets()
         phi = enc(obs)
-        a = actor.mode(phi) if deterministic else actor.sample(phi, generator=generator)[0]
+        a = actor.mode(phi) if deterministic else actor.sample(phi, generator=generator, eps=noise)[0]
         return self.full_action(a)
 
     def full_action(self, a: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ it over the target, so a crash or kill mid-write leaves the previous file intact
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from visual_dr3.fileio import atomic_path
 
 KEY = "visual_dr3_resume"
 
@@ -110,7 +111,7 @@ class ResumeState(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints go to ``.<name>.tmp<pid>`` in the same folder, fsync, ``os.replace``; URLs as usual."""
+    """Local checkpoints are written through :func:`visual_dr3.fileio.atomic_path`; URLs as usual."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
         if "://" in str(path):
@@ -119,25 +120,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def save_atomic(obj: Any, path) -> Path:
-    """``torch.save`` through a temporary file in the same folder, fsync, rename; the folder is fsynced too."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """``torch.save`` to ``path`` atomically (:func:`visual_dr3.fileio.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

@@ -88,112 +88,37 @@ def compute_bc_update(nets: Nets, batch: Batch, cfg: TrainConfig,
 
 def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
                    generator: Optional[torch.Generator] = None) -> UpdateOut:
-    """All losses of one step. ``step`` is the global step (a Python int: BC warm-up switch)."""
+    """All losses of one step. ``step`` is the global step (a Python int: BC warm-up switch).
+
+    The encoder runs once on the stacked ``[s; s']`` batch. Random draws, in this order, all from
+    ``generator``: the policy's a' (target), the CQL actions (uniform, pi(s), pi(s')), the actor's action.
+    """
     if cfg.algorithm == "bc":
         return compute_bc_update(nets, batch, cfg, generator)
     algo, cql, dr3 = cfg.algo, cfg.cql, cfg.dr3
-    # n-step batches carry gamma^k per sample (k steps summed into the reward); one-step ones use gamma
-    discount = batch.discount if batch.discount is not None else algo.discount
-    B, A = batch.action.shape
+    B = batch.action.shape[0]
     obs_all = _stack(batch)
-
     phi_all = nets.encoder(obs_all)
     phi, phi_next = phi_all[:B], phi_all[B:]
     actor_phi_all = phi_all.detach() if nets.actor_encoder is None else nets.actor_encoder(obs_all)
     actor_phi, actor_phi_next = actor_phi_all[:B], actor_phi_all[B:]
     alpha = nets.log_alpha.exp().detach()
-    done = batch.done
 
-    # --- TD target -------------------------------------------------------------------------------
-    with torch.no_grad():
-        a_pi_next, logp_pi_next = nets.actor.sample(actor_phi_next.detach(), generator=generator)
-        if algo.backup == "sarsa":
-            a_next, next_logp = batch.next_action, None
-        else:
-            a_next, next_logp = a_pi_next, logp_pi_next
-        if cql.max_q_backup and algo.backup == "td":
-            a_n, _ = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=cql.num_actions)
-            tq1, tq2 = nets.q_target(phi_next.detach(), a_n)
-            target = L.td_target(tq1, tq2, batch.reward, done, discount, max_q_backup=True)
-        else:
-            tq1, tq2 = nets.q_target(phi_next.detach(), a_next)
-            use_ent = algo.entropy_backup and next_logp is not None
-            target = L.td_target(tq1, tq2, batch.reward, done, discount,
-                                 next_log_prob=next_logp if use_ent else None,
-                                 alpha=alpha if use_ent else None)
-
+    target, a_pi_next = _td_target(nets, batch, cfg, phi_next, actor_phi_next, alpha, generator)
     want_pen = dr3.coef > 0 and dr3.features in ("penultimate", "both")
     q_out = nets.q(phi, batch.action, return_penultimate=want_pen)
     q1, q2 = q_out[0], q_out[1]
     td_loss = L.critic_td_loss(q1, q2, target)
-
-    # --- CQL(H) --------------------------------------------------------------------------------------
-    zero = phi.new_zeros(())
-    cql_loss, gap, alpha_prime, lagrange_loss = zero, zero, zero, zero
-    if cql.min_q_weight > 0 or cql.lagrange:
-        N = cql.num_actions
-        with torch.no_grad():
-            a_rand = torch.rand((B, N, A), device=phi.device, generator=generator) * 2 - 1
-            a_pi_n, logp_pi_n = nets.actor.sample(actor_phi.detach(), generator=generator, num_samples=N)
-            a_next_n, logp_next_n = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=N)
-        q1_r, q2_r = nets.q(phi, a_rand)
-        q1_p, q2_p = nets.q(phi, a_pi_n)
-        q1_n, q2_n = nets.q(phi, a_next_n)
-        kw = dict(temperature=cql.temperature, min_q_weight=cql.min_q_weight)
-        pen1, gap1 = L.cql_penalty(q1, q1_r, q1_p, logp_pi_n, q1_n, logp_next_n, A, **kw)
-        pen2, gap2 = L.cql_penalty(q2, q2_r, q2_p, logp_pi_n, q2_n, logp_next_n, A, **kw)
-        gap = 0.5 * (gap1.mean() + gap2.mean())
-        if cql.lagrange:
-            alpha_prime, lagrange_loss = L.cql_lagrange_loss(
-                nets.log_alpha_prime, torch.stack([gap1, gap2]), cql.target_gap, cql.min_q_weight)
-            cql_loss = alpha_prime * (pen1 + pen2 - 2 * cql.target_gap)
-        else:
-            cql_loss = pen1 + pen2
-
-    # --- DR3 ----------------------------------------------------------------------------------------
+    cql_loss, gap, alpha_prime, lagrange_loss = _cql_terms(nets, batch, cfg, phi, actor_phi, actor_phi_next, q1, q2,
+                                                           generator)
     choice = dr3.next_action
     if choice == "backup":
         choice = "data" if algo.backup == "sarsa" else "policy"
     a_prime = batch.next_action if choice == "data" else a_pi_next.detach()
-    dr3_term = zero
-    if dr3.coef > 0:
-        parts = []
-        kw = dict(mask_done=dr3.mask_done, absolute=dr3.absolute, detach_next=dr3.detach_next)
-        if dr3.features in ("encoder", "both"):
-            parts.append(L.dr3_loss(phi, phi_next, done, **kw)[0])
-        if want_pen:
-            pen_cur = q_out[2]  # (2, B, H): both heads' penultimate activations
-            pen_next = nets.q(phi_next, a_prime, return_penultimate=True)[2]
-            parts.append(L.dr3_loss(pen_cur, pen_next, done.expand(2, B), **kw)[0])
-        dr3_term = torch.stack(parts).sum()
+    dr3_term = _dr3_term(nets, batch, cfg, phi, phi_next, q_out, a_prime)
     critic_loss = td_loss + cql_loss + dr3.coef * dr3_term
-
-    # --- actor and temperature -----------------------------------------------------------------------
-    # separate_bc: the sampled action (Q and entropy terms) sees the actor's features with the gradient
-    # stopped, so only the imitation terms (imitation_score on actor_phi) shape the actor's encoder
-    pi_phi = actor_phi.detach() if cfg.model.actor_encoder == "separate_bc" else actor_phi
-    a_pi, logp_pi = nets.actor.sample(pi_phi, generator=generator)
-    awr_w = None
-    if step < algo.bc_warmup_steps:
-        actor_loss = L.bc_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss), logp_pi,
-                                     alpha)
-    else:
-        if algo.actor_objective == "awr":
-            with torch.no_grad():  # V(s) ~ Q at the policy's mean action (its spread is not imitated with mse)
-                v = torch.min(*nets.q(phi.detach(), nets.actor.mode(actor_phi.detach())))
-            actor_loss, awr_w = L.awr_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss),
-                                                 torch.min(q1, q2), v, algo.awr_beta, algo.awr_max_weight)
-        else:
-            qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
-            actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
-        if algo.bc_weight > 0:
-            actor_loss = actor_loss - algo.bc_weight * imitation_score(nets.actor, actor_phi, batch.action,
-                                                                       algo.bc_loss).mean()
-    if algo.auto_alpha:
-        target_entropy = -float(A) if algo.target_entropy is None else algo.target_entropy
-        alpha_loss = L.alpha_loss(nets.log_alpha, logp_pi.detach(), target_entropy)
-    else:
-        alpha_loss = zero
+    actor_loss, alpha_loss, logp_pi, awr_w = _actor_terms(nets, batch, cfg, step, phi, actor_phi, q1, q2, alpha,
+                                                          generator)
 
     total = critic_loss + actor_loss + alpha_loss + lagrange_loss
     metrics = {
@@ -218,6 +143,109 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     parts = {"critic": critic_loss, "actor": actor_loss, "alpha": alpha_loss, "lagrange": lagrange_loss}
     return UpdateOut(total=total, parts=parts, metrics=metrics, phi=phi.detach(), phi_next=phi_next.detach(),
                      a_prime=a_prime.detach())
+
+
+@torch.no_grad()
+def _td_target(nets: Nets, batch: Batch, cfg: TrainConfig, phi_next: Tensor, actor_phi_next: Tensor, alpha: Tensor,
+               generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+    """``(target, a_pi_next)``: the TD target of Q(s, a) (no gradient) and the policy's action at s'.
+
+    n-step batches carry gamma^k per sample (k steps summed into the reward); one-step ones use gamma.
+    """
+    algo, cql = cfg.algo, cfg.cql
+    discount = batch.discount if batch.discount is not None else algo.discount
+    a_pi_next, logp_pi_next = nets.actor.sample(actor_phi_next.detach(), generator=generator)
+    if algo.backup == "sarsa":
+        a_next, next_logp = batch.next_action, None
+    else:
+        a_next, next_logp = a_pi_next, logp_pi_next
+    if cql.max_q_backup and algo.backup == "td":
+        a_n, _ = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=cql.num_actions)
+        tq1, tq2 = nets.q_target(phi_next.detach(), a_n)
+        return L.td_target(tq1, tq2, batch.reward, batch.done, discount, max_q_backup=True), a_pi_next
+    tq1, tq2 = nets.q_target(phi_next.detach(), a_next)
+    use_ent = algo.entropy_backup and next_logp is not None
+    target = L.td_target(tq1, tq2, batch.reward, batch.done, discount,
+                         next_log_prob=next_logp if use_ent else None, alpha=alpha if use_ent else None)
+    return target, a_pi_next
+
+
+def _cql_terms(nets: Nets, batch: Batch, cfg: TrainConfig, phi: Tensor, actor_phi: Tensor, actor_phi_next: Tensor,
+               q1: Tensor, q2: Tensor, generator: Optional[torch.Generator]):
+    """``(cql_loss, gap, alpha_prime, lagrange_loss)`` of CQL(H) over both Q heads (zeros when it is off)."""
+    cql = cfg.cql
+    zero = phi.new_zeros(())
+    if not (cql.min_q_weight > 0 or cql.lagrange):
+        return zero, zero, zero, zero
+    B, A = batch.action.shape
+    N = cql.num_actions
+    with torch.no_grad():
+        a_rand = torch.rand((B, N, A), device=phi.device, generator=generator) * 2 - 1
+        a_pi_n, logp_pi_n = nets.actor.sample(actor_phi.detach(), generator=generator, num_samples=N)
+        a_next_n, logp_next_n = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=N)
+    q1_r, q2_r = nets.q(phi, a_rand)
+    q1_p, q2_p = nets.q(phi, a_pi_n)
+    q1_n, q2_n = nets.q(phi, a_next_n)
+    kw = dict(temperature=cql.temperature, min_q_weight=cql.min_q_weight)
+    pen1, gap1 = L.cql_penalty(q1, q1_r, q1_p, logp_pi_n, q1_n, logp_next_n, A, **kw)
+    pen2, gap2 = L.cql_penalty(q2, q2_r, q2_p, logp_pi_n, q2_n, logp_next_n, A, **kw)
+    gap = 0.5 * (gap1.mean() + gap2.mean())
+    if not cql.lagrange:
+        return pen1 + pen2, gap, zero, zero
+    alpha_prime, lagrange_loss = L.cql_lagrange_loss(
+        nets.log_alpha_prime, torch.stack([gap1, gap2]), cql.target_gap, cql.min_q_weight)
+    return alpha_prime * (pen1 + pen2 - 2 * cql.target_gap), gap, alpha_prime, lagrange_loss
+
+
+def _dr3_term(nets: Nets, batch: Batch, cfg: TrainConfig, phi: Tensor, phi_next: Tensor, q_out: tuple,
+              a_prime: Tensor) -> Tensor:
+    """The DR3 regularizer (before ``coef``) on the encoder features, the Q heads' penultimate layer, or both."""
+    dr3 = cfg.dr3
+    if dr3.coef <= 0:
+        return phi.new_zeros(())
+    B = phi.shape[0]
+    parts = []
+    kw = dict(mask_done=dr3.mask_done, absolute=dr3.absolute, detach_next=dr3.detach_next)
+    if dr3.features in ("encoder", "both"):
+        parts.append(L.dr3_loss(phi, phi_next, batch.done, **kw)[0])
+    if dr3.features in ("penultimate", "both"):
+        pen_cur = q_out[2]  # (2, B, H): both heads' penultimate activations
+        pen_next = nets.q(phi_next, a_prime, return_penultimate=True)[2]
+        parts.append(L.dr3_loss(pen_cur, pen_next, batch.done.expand(2, B), **kw)[0])
+    return torch.stack(parts).sum()
+
+
+def _actor_terms(nets: Nets, batch: Batch, cfg: TrainConfig, step: int, phi: Tensor, actor_phi: Tensor, q1: Tensor,
+                 q2: Tensor, alpha: Tensor, generator: Optional[torch.Generator]):
+    """``(actor_loss, alpha_loss, logp_pi, awr_weights or None)``: imitation during the BC warm-up, then SAC
+    (or AWR) plus ``bc_weight`` times imitation; the temperature's loss when it is learned."""
+    algo = cfg.algo
+    # separate_bc: the sampled action (Q and entropy terms) sees the actor's features with the gradient
+    # stopped, so only the imitation terms (imitation_score on actor_phi) shape the actor's encoder
+    pi_phi = actor_phi.detach() if cfg.model.actor_encoder == "separate_bc" else actor_phi
+    a_pi, logp_pi = nets.actor.sample(pi_phi, generator=generator)
+    awr_w = None
+    if step < algo.bc_warmup_steps:
+        actor_loss = L.bc_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss), logp_pi,
+                                     alpha)
+    else:
+        if algo.actor_objective == "awr":
+            with torch.no_grad():  # V(s) ~ Q at the policy's mean action (its spread is not imitated with mse)
+                v = torch.min(*nets.q(phi.detach(), nets.actor.mode(actor_phi.detach())))
+            actor_loss, awr_w = L.awr_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss),
+                                                 torch.min(q1, q2), v, algo.awr_beta, algo.awr_max_weight)
+        else:
+            qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
+            actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
+        if algo.bc_weight > 0:
+            actor_loss = actor_loss - algo.bc_weight * imitation_score(nets.actor, actor_phi, batch.action,
+                                                                       algo.bc_loss).mean()
+    if algo.auto_alpha:
+        target_entropy = -float(batch.action.shape[1]) if algo.target_entropy is None else algo.target_entropy
+        alpha_loss = L.alpha_loss(nets.log_alpha, logp_pi.detach(), target_entropy)
+    else:
+        alpha_loss = phi.new_zeros(())
+    return actor_loss, alpha_loss, logp_pi, awr_w
 
 
 def ema_decay(max_decay: float, step: int) -> float:

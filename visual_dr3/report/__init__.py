@@ -16,14 +16,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from visual_dr3.errors import UserError, cli_entry
+from visual_dr3.errors import UserError, cli_entry, say
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 
 __all__ = ["build_report", "main", "read_findings"]
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", group_by: Optional[str] = None,
@@ -43,7 +39,7 @@ def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", gr
         runs.append(r)
         if verbose:
             steps = max((int(s[0][-1]) for s in r.series.values() if len(s[0])), default=0)
-            _say(f"read {r.path}: seed {r.seed}, {steps} steps, {len(r.evals)} evaluation(s)")
+            say(f"read {r.path}: seed {r.seed}, {steps} steps, {len(r.evals)} evaluation(s)")
     findings_text = read_findings(str(findings)) if findings is not None else None
     conds = group_runs(runs, group_by)
     summaries = [summarize_condition(c) for c in conds]
@@ -56,7 +52,7 @@ def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", gr
     page = write_text_atomic(out_dir / "index.md", render(title, runs, conds, summaries, plots, out_dir, command,
                                                           findings_text))
     if verbose:
-        _say(f"report: {page} ({len(runs)} runs, {len(conds)} conditions, {len(plots)} plots)")
+        say(f"report: {page} ({len(runs)} runs, {len(conds)} conditions, {len(plots)} plots)")
     return {"page": page, "plots": plots, "conditions": conds, "summaries": summaries, "runs": runs}
 
 

@@ -1,19 +1,16 @@
 """One PNG per metric over training steps: a line per condition (mean across seeds) with a shaded min-max band
-across seeds. Matplotlib's Agg backend (no display); files are written to a temporary name and renamed."""
+across seeds. Matplotlib Figures on the Agg canvas (no display, no pyplot); files are written to a temporary name and renamed."""
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from visual_dr3.report.runs import SUCCESS, Condition, band  # noqa: E402
+from visual_dr3.fileio import atomic_path
+from visual_dr3.report.runs import SUCCESS, Condition, band
 
 #: metric -> (file stem, y-axis label)
 PLOT_METRICS = {
@@ -34,30 +31,23 @@ def plot_metric(conds: Sequence[Condition], metric: str, path: Path, title: str)
     bands = [(c, b) for c, b in bands if b is not None]
     if not bands:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    try:
-        for c, (steps, mean, lo, hi) in bands:
-            n = len(c.runs)
-            marker = "o" if metric == SUCCESS or len(steps) <= 3 else None
-            (line,) = ax.plot(steps, mean, marker=marker, label=textwrap.fill(f"{c.label} (n={n})", 60))
-            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(PLOT_METRICS[metric][1])
-        ax.set_title(textwrap.fill(f"{title}: mean across seeds, band = min-max", 80), fontsize=9)
-        if metric == SUCCESS:
-            ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-        try:
-            fig.savefig(tmp, format="png", bbox_inches="tight")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    finally:
-        plt.close(fig)
+    # a Figure of its own (Agg canvas), not pyplot: no global backend to choose, nothing to close
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    ax = fig.subplots()
+    for c, (steps, mean, lo, hi) in bands:
+        n = len(c.runs)
+        marker = "o" if metric == SUCCESS or len(steps) <= 3 else None
+        (line,) = ax.plot(steps, mean, marker=marker, label=textwrap.fill(f"{c.label} (n={n})", 60))
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(PLOT_METRICS[metric][1])
+    ax.set_title(textwrap.fill(f"{title}: mean across seeds, band = min-max", 80), fontsize=9)
+    if metric == SUCCESS:
+        ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return True
 
 

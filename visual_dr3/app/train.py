@@ -1,8 +1,11 @@
-"""``python train.py --task pick_place``: make the dataset if missing, then train CQL + DR3 with Lightning."""
+"""``python train.py --task pick_place``: make the dataset if missing, then train CQL + DR3 with Lightning.
+
+The application layer: it owns the run (:func:`run`), the run folder's checks, the loggers and the wiring of
+the learner (:mod:`visual_dr3.learner`) with the datasets (:mod:`visual_dr3.app.dataset`) and the evaluation
+callback (:mod:`visual_dr3.evaluation.callback`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -10,12 +13,12 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from visual_dr3.errors import EXIT_DIVERGED, UserError, cli_entry
+from visual_dr3.app.cli_args import dump_yaml, parse_train_args
+from visual_dr3.app.dataset import REPO_ROOT, dataset_info, rank, resolve_dataset
+from visual_dr3.errors import EXIT_DIVERGED, UserError, cli_entry, say
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
-from visual_dr3.learner.cli_args import dump_yaml, parse_train_args
 from visual_dr3.learner.config import TrainConfig, to_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Lightning/torch messages that do not apply to this setup (a resident on-device replay needs no workers;
 # checkpoints are taken after the step on purpose; the run folder is ours).
 QUIET_WARNINGS = (".*does not have many workers.*", ".*IterableDataset.*", ".*pre-optimization state.*",
@@ -24,86 +27,6 @@ CONFIGS_DIR = REPO_ROOT / "configs"
 PRESET_WHY = {"cpu": "configs/cpu/<task>.yaml over configs/<task>.yaml: small images and a short schedule that "
                      "learns on a few CPU cores",
               "gpu": "configs/<task>.yaml: the full-scale schedule"}
-
-
-def _rank(local: bool = False) -> int:
-    """This process's DDP rank (global, or on this node) from the launcher's environment; 0 if none."""
-    names = ("LOCAL_RANK", "SLURM_LOCALID") if local else ("RANK", "SLURM_PROCID", "LOCAL_RANK")
-    for var in names:
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
-
-
-def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[str]) -> dict:
-    """Shapes and metadata of a dataset without loading it (full validation happens in load_replay)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise UserError(f"{path}: no 'data' group; expected a robomimic-layout HDF5 file")
-            data = f["data"]
-            demos = sorted(k for k in data.keys() if k.startswith("demo_"))
-            if not demos:
-                raise UserError(f"{path}: 'data' holds no demo_* groups")
-            obs = data[demos[0]].get("obs")
-            if obs is None:
-                raise UserError(f"{path}: data/{demos[0]} has no 'obs' group")
-            for k in list(image_keys) + list(proprio_keys):
-                if k not in obs:
-                    raise UserError(f"{path}: obs key '{k}' missing in data/{demos[0]}/obs "
-                                    f"(have: {', '.join(sorted(obs.keys()))})")
-            image_size = int(obs[image_keys[0]].shape[1])
-            proprio_dim = int(sum(int(obs[k].shape[1]) if obs[k].ndim > 1 else 1 for k in proprio_keys))
-            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
-            meta = json.loads(data.attrs["visual_dr3"]) if "visual_dr3" in data.attrs else {}
-            action_dim = int(data[demos[0]]["actions"].shape[1])
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
-    return dict(image_size=image_size, proprio_dim=proprio_dim, env_args=env_args, meta=meta,
-                action_dim=action_dim)
-
-
-def resolve_dataset(cfg: TrainConfig, task) -> Path:
-    """The run's main dataset; the task default is generated when missing or made by an older version of
-    the scripted policies.
-
-    The first process of each node generates it (atomic write: on a shared file system two nodes write the
-    same contents and the last rename wins); the node's other processes wait for the file.
-    """
-    if cfg.dataset is not None:
-        path = Path(cfg.dataset)
-        if not path.is_file():
-            raise UserError(f"--dataset {path}: file not found")
-        return path
-    from visual_dr3.data.generate import made_by_older_script
-    from visual_dr3.envs.tasks import default_dataset_path
-
-    kind = cfg.data.kind or task.default_kind
-    episodes = cfg.data.episodes or task.default_episodes
-    path = REPO_ROOT / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
-    stale = path.is_file() and made_by_older_script(path)
-    if path.is_file() and not stale:
-        return path
-    if _rank(local=True) != 0:
-        deadline = time.time() + 6 * 3600
-        while not path.is_file() or made_by_older_script(path):
-            if time.time() > deadline:
-                raise UserError(f"{path}: waited for rank 0 to generate the dataset; it never appeared")
-            time.sleep(5)
-        return path
-    from visual_dr3.data.generate import generate_dataset
-
-    why = "was made by an older scripted policy" if stale else "is missing"
-    print(f"[visual-dr3] {path} {why}: generating the default '{task.name}' dataset "
-          f"({episodes} episodes, kind {kind}, {cfg.data.image_size} px) first.", flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # data seed 0 whatever the run's seed: the file's name does not hold a seed, and every run seed that finds
-    # it must train on the same data
-    generate_dataset(task=task.name, episodes=episodes, out=str(path), kind=kind, image_size=cfg.data.image_size,
-                     seed=0, workers=max(1, (os.cpu_count() or 1)))
-    return path
 
 
 def check_run_folder(out: Path, cfg: TrainConfig) -> None:
@@ -133,39 +56,6 @@ def check_devices(cfg: TrainConfig) -> None:
         if cfg.devices > have:
             raise UserError(f"--devices {cfg.devices}: only {have} GPU(s) visible on this machine "
                             f"(--accelerator {cfg.accelerator}); expected at most {have}, or --accelerator cpu")
-
-
-def check_resume_compatible(path: Path, cfg: TrainConfig, info: dict) -> int:
-    """A checkpoint whose networks differ from this config's is a one-line error naming the differing keys.
-
-    Returns the checkpoint's global step."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        meta = ckpt["visual_dr3"]
-    except Exception as e:  # noqa: BLE001  (any unreadable or foreign file)
-        raise UserError(f"--resume {path}: not a visual-dr3 checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    old = meta.get("config", {})
-    now = to_dict(cfg)
-    # what a checkpoint written before a key existed had: the model fields' defaults, CQL, every action dim learned
-    legacy = {"algorithm": "cql", "data.fixed_action_dims": "none"}
-    diffs = []
-    for key in ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fixed_action_dims"):
-        a, b = old, now
-        for part in key.split("."):
-            a, b = (a or {}).get(part, legacy.get(key)), (b or {}).get(part)
-        if key == "model" and isinstance(a, dict):
-            a = {**to_dict(TrainConfig())["model"], **a}
-        if a != b:
-            diffs.append(f"{key}: checkpoint {a!r}, now {b!r}")
-    if meta.get("image_size") not in (None, info["image_size"]):
-        diffs.append(f"image_size: checkpoint {meta['image_size']}, dataset {info['image_size']}")
-    if diffs:
-        raise UserError(f"--resume {path}: made with another configuration ({'; '.join(diffs)}); expected a "
-                        f"checkpoint of the same networks")
-    return int(ckpt.get("global_step", 0))
 
 
 def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), resume_step: Optional[int] = None):
@@ -219,6 +109,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     import lightning as L
     import torch
 
+    from visual_dr3.checkpoint import check_resume_compatible
     from visual_dr3.envs.tasks import get_task
 
     # Lightning's info lines (device listing, tips) give way to our own progress bar and summary.
@@ -227,35 +118,13 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     from visual_dr3.learner.module import DR3CQL, TrainingDiverged
 
     task = get_task(cfg.task)
-    if _rank() == 0:
-        import torch
-
-        cuda = torch.cuda.is_available()
-        why = ("forced by --preset or VISUAL_DR3_PRESET" if (cfg.preset == "gpu") != cuda
-               else "CUDA device visible" if cuda else "no CUDA device visible")
-        print(f"[visual-dr3] preset {cfg.preset} ({why}): {PRESET_WHY.get(cfg.preset, '')}; --preset cpu|gpu "
-              f"forces one", flush=True)
+    if rank() == 0:
+        _say_preset(cfg)
     dataset = resolve_dataset(cfg, task)
-    out = Path(cfg.output_dir or f"runs/{task.name}")
-    if _rank() == 0:  # the other ranks start after rank 0 has written config.yaml
-        check_run_folder(out, cfg)
-    out = ensure_writable_dir(out, "--output-dir")
-    resume = cfg.resume
-    if resume == "auto":
-        last = out / "checkpoints" / "last.ckpt"
-        resume = str(last) if last.is_file() else None
-    elif resume is not None and not Path(resume).is_file():
-        raise UserError(f"--resume {resume}: checkpoint not found")
+    out, resume = prepare_run_folder(cfg, task)
     check_devices(cfg)
-
-    image_keys = list(task.image_keys)
-    proprio_keys = list(task.proprio_keys)
-    info = peek_dataset(dataset, image_keys, proprio_keys)
-    if info["action_dim"] != task.action_dim:
-        raise UserError(f"{dataset}: actions have dimension {info['action_dim']}; task '{task.name}' "
-                        f"expects {task.action_dim}")
-    if info["meta"].get("task") not in (None, task.name):
-        raise UserError(f"{dataset}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
+    image_keys, proprio_keys = list(task.image_keys), list(task.proprio_keys)
+    info = dataset_info(dataset, task)
 
     from visual_dr3.data.replay import SourceSpec
     from visual_dr3.data.stats import dataset_stats
@@ -264,8 +133,8 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     stats = dataset_stats(sources, image_keys, proprio_keys, task.action_dim)
     resume_step = None
     if resume is not None:
-        resume_step = check_resume_compatible(Path(resume), cfg, info)
-    if _rank() == 0:
+        resume_step = check_resume_compatible(resume, cfg, info["image_size"])
+    if rank() == 0:
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
 
     torch.set_float32_matmul_precision("high")
@@ -292,7 +161,36 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
             last = out / "checkpoints" / "last.ckpt"
             kept = f"last good checkpoint {last}" if last.is_file() else "no checkpoint was saved"
             raise DivergedError(f"{e}; {kept} (try a lower --algo.critic_lr or --algo.grad_clip)") from None
-    seconds = time.perf_counter() - t0
+    return _summary(cfg, task, dataset, out, trainer, dm, time.perf_counter() - t0)
+
+
+def _say_preset(cfg: TrainConfig) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    why = ("forced by --preset or VISUAL_DR3_PRESET" if (cfg.preset == "gpu") != cuda
+           else "CUDA device visible" if cuda else "no CUDA device visible")
+    say(f"[visual-dr3] preset {cfg.preset} ({why}): {PRESET_WHY.get(cfg.preset, '')}; --preset cpu|gpu "
+        f"forces one", stdout=True)
+
+
+def prepare_run_folder(cfg: TrainConfig, task) -> tuple[Path, Optional[str]]:
+    """``(output folder, checkpoint to resume from or None)``: the folder checked (rank 0) and writable,
+    ``--resume auto`` resolved to ``checkpoints/last.ckpt`` when there is one."""
+    out = Path(cfg.output_dir or f"runs/{task.name}")
+    if rank() == 0:  # the other ranks start after rank 0 has written config.yaml
+        check_run_folder(out, cfg)
+    out = ensure_writable_dir(out, "--output-dir")
+    resume = cfg.resume
+    if resume == "auto":
+        last = out / "checkpoints" / "last.ckpt"
+        resume = str(last) if last.is_file() else None
+    elif resume is not None and not Path(resume).is_file():
+        raise UserError(f"--resume {resume}: checkpoint not found")
+    return out, resume
+
+
+def _summary(cfg: TrainConfig, task, dataset: Path, out: Path, trainer, dm, seconds: float) -> dict:
     from visual_dr3.learner.callbacks import GracefulStop
 
     stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
@@ -332,7 +230,7 @@ def _diverged_exit(fn):
         try:
             return fn(*args, **kwargs)
         except DivergedError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            say(f"error: {e}")
             raise SystemExit(EXIT_DIVERGED) from None
 
     return wrapper
@@ -343,13 +241,13 @@ def _diverged_exit(fn):
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cfg = parse_train_args(sys.argv[1:] if argv is None else argv, configs_dir=CONFIGS_DIR)
     summary = run(cfg)
-    if _rank() == 0 and summary is not None:
+    if rank() == 0 and summary is not None:
         print_summary(summary)
     if summary is not None and summary.get("stopped_by_signal"):
         import signal
 
         signum = summary["stopped_by_signal"]
-        print(f"stopped by {signal.Signals(signum).name} at step {summary['steps']}; checkpoint "
-              f"{summary['last_checkpoint']} (continue with --resume auto)", file=sys.stderr, flush=True)
+        say(f"stopped by {signal.Signals(signum).name} at step {summary['steps']}; checkpoint "
+            f"{summary['last_checkpoint']} (continue with --resume auto)")
         raise SystemExit(128 + signum)
     return summary

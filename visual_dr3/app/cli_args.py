@@ -18,9 +18,6 @@ from visual_dr3.learner.config import TrainConfig, validate
 
 ALIASES = {"--dr3_coef": "--dr3.coef", "--backup": "--algo.backup", "--min_q_weight": "--cql.min_q_weight"}
 
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
-
 def normalize_argv(argv: Sequence[str]) -> list[str]:
     """``--foo-bar=1`` -> ``--foo_bar=1`` (option names only), then apply :data:`ALIASES`."""
     out = []
@@ -35,6 +32,9 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> ArgumentParser:
+    # the config fields' one-line docs (attribute docstrings) become the flags' --help text; jsonargparse
+    # keeps this setting process-wide, so it is made here, when a parser is built, not at import
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(
         prog="train.py", exit_on_error=False, default_env=False,
         description="Offline CQL + DR3 from images on a robosuite grasping task. Flags take dashes or "

@@ -1,0 +1,106 @@
+"""The dataset a training run reads: the one named by ``--dataset``, or the task's default, generated on first
+use (:func:`resolve_dataset`); its shapes and metadata without loading it (:func:`peek_dataset`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from visual_dr3.errors import UserError, say
+from visual_dr3.learner.config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def rank(local: bool = False) -> int:
+    """This process's DDP rank (global, or on this node) from the launcher's environment; 0 if none."""
+    names = ("LOCAL_RANK", "SLURM_LOCALID") if local else ("RANK", "SLURM_PROCID", "LOCAL_RANK")
+    for var in names:
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[str]) -> dict:
+    """Shapes and metadata of a dataset without loading it (full validation happens in load_replay)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise UserError(f"{path}: no 'data' group; expected a robomimic-layout HDF5 file")
+            data = f["data"]
+            demos = sorted(k for k in data.keys() if k.startswith("demo_"))
+            if not demos:
+                raise UserError(f"{path}: 'data' holds no demo_* groups")
+            obs = data[demos[0]].get("obs")
+            if obs is None:
+                raise UserError(f"{path}: data/{demos[0]} has no 'obs' group")
+            for k in list(image_keys) + list(proprio_keys):
+                if k not in obs:
+                    raise UserError(f"{path}: obs key '{k}' missing in data/{demos[0]}/obs "
+                                    f"(have: {', '.join(sorted(obs.keys()))})")
+            image_size = int(obs[image_keys[0]].shape[1])
+            proprio_dim = int(sum(int(obs[k].shape[1]) if obs[k].ndim > 1 else 1 for k in proprio_keys))
+            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
+            meta = json.loads(data.attrs["visual_dr3"]) if "visual_dr3" in data.attrs else {}
+            action_dim = int(data[demos[0]]["actions"].shape[1])
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
+    return dict(image_size=image_size, proprio_dim=proprio_dim, env_args=env_args, meta=meta,
+                action_dim=action_dim)
+
+
+def dataset_info(path: Path, task) -> dict:
+    """:func:`peek_dataset` for ``task``'s keys, checked against the task (action dimension, task name)."""
+    info = peek_dataset(path, list(task.image_keys), list(task.proprio_keys))
+    if info["action_dim"] != task.action_dim:
+        raise UserError(f"{path}: actions have dimension {info['action_dim']}; task '{task.name}' "
+                        f"expects {task.action_dim}")
+    if info["meta"].get("task") not in (None, task.name):
+        raise UserError(f"{path}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
+    return info
+
+
+def resolve_dataset(cfg: TrainConfig, task) -> Path:
+    """The run's main dataset; the task default is generated when missing or made by an older version of
+    the scripted policies.
+
+    The first process of each node generates it (atomic write: on a shared file system two nodes write the
+    same contents and the last rename wins); the node's other processes wait for the file.
+    """
+    if cfg.dataset is not None:
+        path = Path(cfg.dataset)
+        if not path.is_file():
+            raise UserError(f"--dataset {path}: file not found")
+        return path
+    from visual_dr3.data.generate import made_by_older_script
+    from visual_dr3.envs.tasks import default_dataset_path
+
+    kind = cfg.data.kind or task.default_kind
+    episodes = cfg.data.episodes or task.default_episodes
+    path = REPO_ROOT / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
+    stale = path.is_file() and made_by_older_script(path)
+    if path.is_file() and not stale:
+        return path
+    if rank(local=True) != 0:
+        deadline = time.time() + 6 * 3600
+        while not path.is_file() or made_by_older_script(path):
+            if time.time() > deadline:
+                raise UserError(f"{path}: waited for rank 0 to generate the dataset; it never appeared")
+            time.sleep(5)
+        return path
+    from visual_dr3.data.generate import generate_dataset
+
+    why = "was made by an older scripted policy" if stale else "is missing"
+    say(f"[visual-dr3] {path} {why}: generating the default '{task.name}' dataset "
+        f"({episodes} episodes, kind {kind}, {cfg.data.image_size} px) first.", stdout=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # data seed 0 whatever the run's seed: the file's name does not hold a seed, and every run seed that finds
+    # it must train on the same data
+    generate_dataset(task=task.name, episodes=episodes, out=str(path), kind=kind, image_size=cfg.data.image_size,
+                     seed=0, workers=max(1, (os.cpu_count() or 1)))
+    return path

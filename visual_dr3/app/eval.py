@@ -1,0 +1,86 @@
+"""``python eval.py --checkpoint PATH --episodes N``: the command line of :mod:`visual_dr3.evaluation.evaluate`.
+
+Top-level imports are light (no torch, no robosuite): rollout workers are spawned processes that re-import
+the main module (``eval.py`` -> this file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from visual_dr3.errors import OneLineParser, UserError, cli_entry, say
+from visual_dr3.evaluation.evaluate import WEIGHTS, evaluate_checkpoint
+
+
+def _int_arg(flag: str, minimum: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise UserError(f"{flag}: got {s!r}; expected an integer >= {minimum}") from None
+        if v < minimum:
+            raise UserError(f"{flag}: got {v}; expected an integer >= {minimum}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="eval.py", description="Roll a trained visual-dr3 policy out in simulation (robosuite), "
+                "with parallel env workers and batched inference; prints success rate with a 95% Wilson "
+                "interval and writes per-episode records.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py (e.g. runs/lift/checkpoints/last.ckpt)")
+    p.add_argument("--episodes", type=_int_arg("--episodes", 1), default=20, help="episodes to run (default 20)")
+    p.add_argument("--workers", type=_int_arg("--workers", 1), default=1,
+                   help="env worker processes, one env each (default 1; about one per free CPU core)")
+    p.add_argument("--seed", type=_int_arg("--seed", 0), default=0,
+                   help="run seed: episode i starts from a seed derived from (seed, i) (default 0)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="act with the policy's mode tanh(mean) instead of sampling")
+    p.add_argument("--weights", default="auto", choices=list(WEIGHTS),
+                   help="act with the trained weights or their moving average (algo.policy_ema); "
+                        "default auto: the average when the checkpoint has one")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the policy runs (default auto: cuda when available)")
+    p.add_argument("--video", metavar="DIR", default=None,
+                   help="write mp4s of the first --video-episodes episodes here (cameras side by side)")
+    p.add_argument("--video-episodes", type=_int_arg("--video-episodes", 0), default=5,
+                   help="how many episodes (the first K) get a video with --video (default 5)")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the report (summary + per-episode records) here")
+    p.add_argument("--horizon", type=_int_arg("--horizon", 1), default=None,
+                   help="episode limit in env steps (default: the checkpoint env's horizon, the task's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    from visual_dr3.evaluation.lockstep import RolloutError
+    from visual_dr3.evaluation.stats import format_summary
+
+    try:
+        report = evaluate_checkpoint(
+            args.checkpoint, args.episodes, workers=args.workers, seed=args.seed,
+            deterministic=args.deterministic, device=args.device, video_dir=args.video,
+            video_episodes=args.video_episodes, horizon=args.horizon, json_out=args.json,
+            progress=not args.no_progress, weights=args.weights)
+    except RolloutError as e:
+        say(f"error: evaluation failed: {' '.join(str(e).split())}")
+        raise SystemExit(1) from None
+    extra = [("seeds", f"run seed {report['seed']}; episode i starts from episode_seed(seed, i)"),
+             ("policy", ("deterministic (tanh of the mean)" if report["deterministic"] else "stochastic (sampled)")
+              + (", moving-average weights" if report["weights"] == "ema" else ""))]
+    if args.json:
+        extra.append(("json", str(args.json)))
+    videos = [r["video"] for r in report["records"] if r.get("video")]
+    if videos:
+        extra.append(("videos", f"{len(videos)} in {args.video}"))
+    print(format_summary(report["summary"], extra=extra,
+                         title=f"evaluation: {report['task']} (step {report['global_step']}, "
+                               f"{Path(args.checkpoint).name}, {report['workers']} worker(s), {report['device']})"),
+          flush=True)
+    return report
