@@ -2,7 +2,8 @@
 
     python -m experiments.cql_vs_dr3 --scale cpu        # or --scale gpu; --dry-run prints the commands
 
-For each task x data kind (a "cell"): ``cql`` (``--dr3-coef 0``) and ``dr3`` (``--dr3-coef 0.01``) x seeds,
+For each task x data kind (a "cell"): ``cql`` (``--dr3-coef 0``) and ``dr3`` (``--dr3-coef 0.01``) x seeds
+(``--conditions`` adds ``kl``, CQL+KL, and ``dr3_kl``, CQL+DR3+KL: ``--kl.coef`` of ``--kl-coef``),
 with success-rate evaluations during training. Configs: ``configs/experiments/cql_vs_dr3_mixed.yaml`` and
 ``cql_vs_dr3_cog.yaml`` (prior/task 50/50, behaviour-cloning warm-up of 10% of the steps). One report per cell
 (grouped by ``dr3.coef``: success rate, final and best with intervals, dr3_dot, srank, Q-values) and an index
@@ -50,12 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", nargs="+", choices=sorted(CONFIGS), default=["mixed", "cog"],
                    help="dataset kinds (default mixed cog)")
     p.add_argument("--dr3-coef", type=float, default=0.01, help="c0 of the CQL+DR3 condition (default 0.01)")
+    p.add_argument("--conditions", nargs="+", choices=["cql", "dr3", "kl", "dr3_kl"], default=["cql", "dr3"],
+                   help="conditions (default cql dr3; kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
+    p.add_argument("--kl-coef", type=float, default=0.1,
+                   help="lambda of the kl and dr3_kl conditions (train.py --kl.coef; default 0.1)")
     return p
 
 
-def conditions(dr3_coef: float) -> dict[str, tuple[str, ...]]:
-    """condition -> its train.py flags."""
-    return {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", fmt_coef(dr3_coef))}
+def conditions(dr3_coef: float, kl_coef: float = 0.1,
+               names: Sequence[str] = ("cql", "dr3")) -> dict[str, tuple[str, ...]]:
+    """condition -> its train.py flags, for the conditions ``names``."""
+    c0, lam = fmt_coef(dr3_coef), fmt_coef(kl_coef)
+    table = {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", c0),
+             "kl": ("--dr3-coef", "0", "--kl.coef", lam), "dr3_kl": ("--dr3-coef", c0, "--kl.coef", lam)}
+    return {name: table[name] for name in names}
 
 
 def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
@@ -71,7 +80,7 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
             if kind == "cog":
                 kind_flags = ("--algo.bc_warmup_steps", str(int(scale.max_steps * COG_BC_FRACTION)))
             group = f"{task}_{kind}"
-            for cond, flags in conditions(args.dr3_coef).items():
+            for cond, flags in conditions(args.dr3_coef, args.kl_coef, args.conditions).items():
                 for seed in scale.seeds:
                     out = out_root / group / f"{cond}_s{seed}"
                     runs.append(RunSpec(
@@ -89,8 +98,9 @@ def reports(args: argparse.Namespace, scale: Scale, runs: Sequence[RunSpec]):
     for group in dict.fromkeys(r.group for r in runs):
         cell = tuple(r for r in runs if r.group == group)
         task, kind = cell[0].dataset.task, cell[0].dataset.kind
+        with_kl = any(c in ("kl", "dr3_kl") for c in args.conditions)  # then two keys tell the conditions apart
         specs.append(ReportSpec(report / group, f"{TITLE} on {task}/{kind} ({scale.describe()})", cell,
-                                group_by="dr3.coef", name=f"{task} / {kind}"))
+                                group_by=None if with_kl else "dr3.coef", name=f"{task} / {kind}"))
     return specs, report, f"{TITLE} ({scale.describe()})"
 
 
@@ -100,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_args(p, args)
     if args.dr3_coef <= 0:
         p.error(f"--dr3-coef: got {args.dr3_coef}; expected a positive number (the cql condition is c0 = 0)")
+    if args.kl_coef <= 0:
+        p.error(f"--kl-coef: got {args.kl_coef}; expected a positive number (the conditions without KL have 0)")
     scale, runs = plan(args)
     return main_flow(runs, scale, lambda: reports(args, scale, runs), args)
 

@@ -22,12 +22,15 @@ if __package__ in (None, ""):  # run as a file: python experiments/learn_to_gras
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
-                                main_flow, resolve_scale, roots, train_args)
+                                fmt_coef, main_flow, resolve_scale, roots, train_args)
 
 EXPERIMENT = "learn_to_grasp"
 TITLE = "Learning to grasp: BC vs CQL vs CQL+DR3"
 CONFIG = CONFIG_DIR / "learn_to_grasp.yaml"
-CONDITIONS = {"bc": ("--algorithm", "bc"), "cql": ("--dr3-coef", "0"), "dr3": ()}
+#: condition -> its train.py flags; kl and dr3_kl add the KL regularizer toward the lagged policy (--kl-coef)
+CONDITIONS = {"bc": ("--algorithm", "bc"), "cql": ("--dr3-coef", "0"), "dr3": (),
+              "kl": ("--dr3-coef", "0", "--kl.coef", "{kl}"), "dr3_kl": ("--kl.coef", "{kl}")}
+DEFAULT_CONDITIONS = ("bc", "cql", "dr3")
 #: the floor's steps as a multiple of the scale's (and evaluations as often, in steps). 1: with the presets'
 #: squared-error imitation, BC grasps in the same 1,000 steps as CQL+DR3 (with the NLL it needed ~3x and still
 #: failed; reports/learn_to_grasp/cpu/tuning/), so both get the same compute
@@ -50,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["lift"], help="tasks (default lift)")
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["expert"],
                    help="dataset kinds (default expert)")
-    p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS),
-                   help="methods (default bc cql dr3)")
+    p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(DEFAULT_CONDITIONS),
+                   help="methods (default bc cql dr3; kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
+    p.add_argument("--kl-coef", type=float, default=0.1,
+                   help="lambda of the kl and dr3_kl conditions (train.py --kl.coef; default 0.1)")
     return p
 
 
@@ -75,7 +80,9 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
                     runs.append(RunSpec(
                         name=f"{group}/{cond}_s{seed}", group=group, condition=cond, seed=seed, out_dir=out,
                         dataset=data, max_steps=sc.max_steps,
-                        train_args=train_args(CONFIG, sc, task, data.path, out, seed, CONDITIONS[cond], extra,
+                        train_args=train_args(CONFIG, sc, task, data.path, out, seed,
+                                              tuple(f.format(kl=fmt_coef(args.kl_coef)) for f in CONDITIONS[cond]),
+                                              extra,
                                               preset=scale.name)))
     return scale, runs
 
@@ -97,6 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)
+    if args.kl_coef <= 0:
+        p.error(f"--kl-coef: got {args.kl_coef}; expected a positive number (the conditions without KL have 0)")
     scale, runs = plan(args)
     return main_flow(runs, scale, lambda: reports(args, scale, runs), args)
 

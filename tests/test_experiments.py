@@ -50,6 +50,21 @@ def test_learn_to_grasp_runs_the_cpu_preset_with_bc_given_three_times_the_steps(
 
 
 
+def test_kl_conditions_set_the_kl_weight_beside_cql_and_dr3(monkeypatch):
+    from visual_dr3.app.cli_args import parse_train_args
+
+    monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
+    _, runs = plan(learn_to_grasp, "--conditions", "kl", "dr3_kl", "--kl-coef", "0.05", "--seeds", "1")
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs}
+    assert {c: (cfg.dr3.coef, cfg.kl.coef) for c, cfg in got.items()} == {"kl": (0.0, 0.05), "dr3_kl": (0.01, 0.05)}
+    _, runs = plan(cql_vs_dr3, "--scale", "cpu", "--kinds", "mixed", "--seeds", "0", "--conditions", "cql", "dr3",
+                   "kl", "dr3_kl")
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs}
+    assert {c: (cfg.dr3.coef, cfg.kl.coef) for c, cfg in got.items()} == {
+        "cql": (0.0, 0.0), "dr3": (0.01, 0.0), "kl": (0.0, 0.1), "dr3_kl": (0.01, 0.1)}
+    assert [r.out_dir.name for r in runs] == ["cql_s0", "dr3_s0", "kl_s0", "dr3_kl_s0"]
+
+
 def test_probe_cpu_runs_and_exact_command():
     scale, runs = plan(sarsa_vs_td, "--scale", "cpu")
     assert (scale.image_size, scale.max_steps, scale.batch_size, scale.seeds) == (48, 3000, 64, (0, 1))

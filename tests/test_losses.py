@@ -233,3 +233,38 @@ def test_alpha_loss():
     loss.backward()
     assert log_alpha.grad.item() == pytest.approx(1.25)
     assert logp.grad is None
+
+
+# ---------------------------------------------------------------- KL toward the lagged policy
+
+def test_gaussian_kl_by_hand_and_against_torch_distributions():
+    # 1-D by hand: p = N(1, 2^2), q = N(0, 1): log(1/2) + (4 + 1) / 2 - 1/2 = 2 - log 2
+    close(L.gaussian_kl(t([[1.0]]), t([[math.log(2.0)]]), t([[0.0]]), t([[0.0]])), [2.0 - math.log(2.0)])
+    g = torch.Generator().manual_seed(0)
+    mp, mq = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    lp, lq = 0.5 * torch.randn(5, 3, generator=g, dtype=torch.float64), 0.5 * torch.randn(5, 3, generator=g,
+                                                                                           dtype=torch.float64)
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(mp, lp.exp()),
+                                             torch.distributions.Normal(mq, lq.exp())).sum(-1)
+    torch.testing.assert_close(L.gaussian_kl(mp, lp, mq, lq), want, atol=1e-12, rtol=0)
+    assert torch.equal(L.gaussian_kl(mp, lp, mp, lp), torch.zeros(5, dtype=torch.float64))  # KL(p || p) = 0
+    # squashing both by tanh leaves the KL unchanged: a Monte Carlo estimate of E_p[log p(a) - log q(a)] on a = tanh(u)
+    from torch.distributions import Normal, TanhTransform, TransformedDistribution
+
+    P = TransformedDistribution(Normal(mp[0], lp[0].exp()), [TanhTransform(cache_size=1)])
+    Q = TransformedDistribution(Normal(mq[0], lq[0].exp()), [TanhTransform(cache_size=1)])
+    a = P.rsample((200_000,)).clamp(-1 + 1e-12, 1 - 1e-12)
+    mc = (P.log_prob(a) - Q.log_prob(a)).sum(-1).mean()
+    assert abs(mc.item() - L.gaussian_kl(mp[:1], lp[:1], mq[:1], lq[:1]).item()) < 0.05
+
+
+def test_td_target_value_penalty_is_subtracted_from_v_only_where_it_bootstraps():
+    base = L.td_target(t([1.0, 3.0]), t([2.0, 0.5]), t([0.5, 1.0]), t([0.0, 1.0]), 0.9)
+    y = L.td_target(t([1.0, 3.0]), t([2.0, 0.5]), t([0.5, 1.0]), t([0.0, 1.0]), 0.9,
+                    value_penalty=t([0.25, 7.0], True))
+    # V = [1.0 - 0.25, (terminal)] -> [0.5 + 0.9 * 0.75, 1.0]
+    assert y.tolist() == pytest.approx([0.5 + 0.9 * 0.75, 1.0], abs=1e-12) and not y.requires_grad
+    assert torch.equal(L.td_target(t([1.0, 3.0]), t([2.0, 0.5]), t([0.5, 1.0]), t([0.0, 1.0]), 0.9,
+                                   value_penalty=None), base)
+    with pytest.raises(ValueError, match="value_penalty"):
+        L.td_target(t([1.0, 3.0]), t([2.0, 0.5]), t([0.5, 1.0]), t([0.0, 1.0]), 0.9, value_penalty=t([1.0]))

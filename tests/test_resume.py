@@ -175,3 +175,23 @@ def test_signal_saves_last_checkpoint_and_exits(lift_dataset, tmp_path, sig):
     assert f"at step {step};" in stderr, stderr[-2000:]
     r = train(lift_dataset, out, "--max-steps", str(step + 2), "--resume", "auto", cwd=tmp_path)
     assert load(last)["global_step"] == step + 2, r.stdout[-2000:]
+
+
+def test_kl_run_logs_its_diagnostics_and_resumes_bitwise(lift_dataset, tmp_path):
+    kl = ("--kl.coef", "0.1", "--kl.tau", "0.5", "--algo.bc_warmup_steps", "2")
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(lift_dataset, full, "--max-steps", "6", *kl, cwd=tmp_path)
+    train(lift_dataset, part, "--max-steps", "4", *kl, cwd=tmp_path)
+    train(lift_dataset, part, "--max-steps", "6", "--resume", "auto", *kl, cwd=tmp_path)
+    a, b = load(full / "checkpoints" / "last.ckpt"), load(part / "checkpoints" / "last.ckpt")
+    assert_same_run(a, b)
+    assert any(k.startswith("kl_actor.") for k in a["state_dict"])  # the lagged policy is saved and restored
+    rows = metrics_rows(full)
+    assert rows == metrics_rows(part)
+    kl_policy = [float(r["kl_policy"]) for r in rows]
+    assert len(kl_policy) == 3 and all(v >= 0 for v in kl_policy) and any(v > 0 for v in kl_policy)
+    assert all(float(r["kl_backup"]) >= 0 for r in rows)
+    # another KL weight resumes; turning the lagged policy off (or on) is a one-line error
+    r = subprocess.run(cmd(lift_dataset, part, "--max-steps", "8", "--resume", "auto"), cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "kl.on: checkpoint True, now False" in r.stderr, r.stderr[-2000:]

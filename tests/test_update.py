@@ -200,3 +200,42 @@ def test_every_dr3_option_runs_and_is_finite(features, backup):
     assert torch.isfinite(out.total)
     assert out.metrics["dr3_loss"] >= 0  # absolute
     assert nets.log_alpha_prime.grad is not None
+
+
+def test_kl_to_the_lagged_policy_enters_actor_loss_and_backup_exactly():
+    batch = make_batch()
+    cfg = TrainConfig()
+    cfg.algo.bc_warmup_steps = 10
+    nets = make_nets(cfg)
+    lagged = copy.deepcopy(nets.actor).requires_grad_(False)
+    with torch.no_grad():
+        for p in lagged.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    nets_kl = dataclasses.replace(nets, kl_actor=lagged)
+    cfg_kl = copy.deepcopy(cfg)
+    cfg_kl.kl.coef = 0.3
+    with torch.no_grad():
+        obs_all = {k: torch.cat([batch.obs[k], batch.next_obs[k]]) for k in batch.obs}
+        phi = nets.encoder(obs_all)  # the actor reads the critic's features (shared)
+        kl_all = L.gaussian_kl(*nets.actor(phi), *lagged(phi))
+    kl_s, kl_next = kl_all[:B], kl_all[B:]
+    assert (kl_s > 0).all()
+    # off: a lagged policy present but coef 0 changes nothing, bit for bit
+    plain, off = run(cfg, nets, batch), run(cfg, nets_kl, batch)
+    for k in plain.parts:
+        assert torch.equal(plain.parts[k], off.parts[k]), k
+    assert "kl_policy" not in off.metrics
+    on = run(cfg_kl, nets_kl, batch)
+    torch.testing.assert_close(on.parts["actor"] - plain.parts["actor"], 0.3 * kl_s.mean(), rtol=1e-5, atol=1e-6)
+    # the backup: V(s') - 0.3 * KL(s'), bootstrapped where not done
+    want_shift = (cfg.algo.discount * (1 - batch.done) * 0.3 * kl_next).mean()
+    torch.testing.assert_close(plain.metrics["target_q"] - on.metrics["target_q"], want_shift, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(on.metrics["kl_policy"], kl_s.mean(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(on.metrics["kl_backup"], 0.3 * kl_next.mean(), rtol=1e-6, atol=1e-7)
+    # during the BC warm-up only the backup is regularized
+    warm_plain, warm_on = run(cfg, nets, batch, step=3), run(cfg_kl, nets_kl, batch, step=3)
+    assert torch.equal(warm_plain.parts["actor"], warm_on.parts["actor"])
+    assert not torch.equal(warm_plain.parts["critic"], warm_on.parts["critic"])
+    # the KL's gradient reaches the actor, never its lagged copy
+    torch.autograd.grad(on.parts["actor"], list(nets.actor.parameters()))
+    assert all(p.grad is None and not p.requires_grad for p in lagged.parameters())

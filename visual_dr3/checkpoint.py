@@ -21,7 +21,7 @@ REQUIRED_META = ("config", "image_keys", "proprio_keys", "image_size", "action_d
 #: render settings that change pixels (MUJOCO_GL egl vs osmesa and hard_reset do not)
 PIXEL_RENDER_KEYS = ("reflection", "offsamples", "image_convention")
 #: config keys that decide the networks' shapes and what is trained: a resume must match them
-RESUME_KEYS = ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fixed_action_dims")
+RESUME_KEYS = ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fixed_action_dims", "kl.on")
 
 
 def read_checkpoint(path: "str | os.PathLike", flag: str = "--checkpoint", mmap: bool = False) -> dict:
@@ -67,10 +67,10 @@ def check_resume_compatible(path: "str | os.PathLike", cfg, image_size: int) -> 
 
     ckpt = read_checkpoint(path, flag="--resume", mmap=True)
     meta = ckpt[META_KEY]
-    old = meta.get("config", {})
-    now = to_dict(cfg)
+    old = _with_kl_on(meta.get("config", {}))
+    now = _with_kl_on(to_dict(cfg))
     # what a checkpoint written before a key existed had: the model fields' defaults, CQL, every action dim learned
-    legacy = {"algorithm": "cql", "data.fixed_action_dims": "none"}
+    legacy = {"algorithm": "cql", "data.fixed_action_dims": "none", "kl.on": False}
     diffs = []
     for key in RESUME_KEYS:
         a, b = old, now
@@ -86,6 +86,15 @@ def check_resume_compatible(path: "str | os.PathLike", cfg, image_size: int) -> 
         raise UserError(f"--resume {path}: made with another configuration ({'; '.join(diffs)}); expected a "
                         f"checkpoint of the same networks")
     return int(ckpt.get("global_step", 0))
+
+
+def _with_kl_on(config: dict) -> dict:
+    """``config`` with ``kl.on``: whether the run holds the KL's lagged policy (``kl.coef > 0``); its weight may
+    change on a resume, its presence may not."""
+    config = dict(config or {})
+    if "kl" in config:
+        config["kl"] = {**config["kl"], "on": float(config["kl"].get("coef", 0.0)) > 0}
+    return config
 
 
 def _camera_of(image_key: str) -> str:

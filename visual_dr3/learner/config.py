@@ -109,6 +109,17 @@ class DR3Config:
 
 
 @dataclass
+class KLConfig:
+    """KL regularization toward a lagged copy of the policy ("Leverage the Average", Vieillard et al. 2020)."""
+
+    coef: float = 0.0
+    """lambda: weight of KL(pi || pi_k), pi_k a slow copy of the actor, in the actor loss (after the BC warm-up) and
+    subtracted from the backup's value of s'; 0 turns it off (exactly the update without it)."""
+    tau: float = 0.005
+    """Polyak rate of the lagged policy pi_k toward the actor after each step (pi_k lags ~1/tau steps)."""
+
+
+@dataclass
 class AlgoConfig:
     """SAC/TD settings shared by the critic and actor updates."""
 
@@ -224,6 +235,8 @@ class TrainConfig:
     """CQL penalty."""
     dr3: DR3Config = field(default_factory=DR3Config)
     """DR3 regularizer."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """KL regularization toward the lagged policy (off by default)."""
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -256,6 +269,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0.0 <= cfg.algo.discount < 1.0, "algo.discount", "a number in [0, 1)", cfg.algo.discount)
     need(0.0 < cfg.algo.tau <= 1.0, "algo.tau", "a number in (0, 1]", cfg.algo.tau)
     need(0.0 <= cfg.algo.policy_ema < 1.0, "algo.policy_ema", "a number in [0, 1)", cfg.algo.policy_ema)
+    need(0.0 < cfg.kl.tau <= 1.0, "kl.tau", "a number in (0, 1]", cfg.kl.tau)
+    need(cfg.kl.coef == 0 or cfg.algorithm == "cql", "kl.coef", "0 with --algorithm bc (no critic, no greedy "
+         "step to regularize)", cfg.kl.coef)
     for flag, v in [("algo.critic_lr", cfg.algo.critic_lr), ("algo.actor_lr", cfg.algo.actor_lr),
                     ("algo.alpha_lr", cfg.algo.alpha_lr), ("algo.init_alpha", cfg.algo.init_alpha),
                     ("algo.awr_beta", cfg.algo.awr_beta), ("algo.awr_max_weight", cfg.algo.awr_max_weight),
@@ -264,7 +280,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.episodes is not None:
         need(cfg.data.episodes > 0, "data.episodes", "a positive integer (or null)", cfg.data.episodes)
     for flag, v in [("dr3.coef", cfg.dr3.coef), ("cql.min_q_weight", cfg.cql.min_q_weight),
-                    ("algo.grad_clip", cfg.algo.grad_clip), ("algo.bc_weight", cfg.algo.bc_weight)]:
+                    ("algo.grad_clip", cfg.algo.grad_clip), ("algo.bc_weight", cfg.algo.bc_weight),
+                    ("kl.coef", cfg.kl.coef)]:
         need(math.isfinite(v) and v >= 0, flag, "a number >= 0", v)
     need(len(cfg.data.sources) > 0, "data.sources", "at least one source", cfg.data.sources)
     weights = [s.weight for s in cfg.data.sources]
@@ -282,7 +299,8 @@ def to_dict(cfg: TrainConfig) -> dict:
 def from_dict(d: dict) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from :func:`to_dict` output (e.g. read from a checkpoint)."""
     d = dict(d)
-    nested = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig, "cql": CQLConfig, "dr3": DR3Config}
+    nested = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig, "cql": CQLConfig, "dr3": DR3Config,
+              "kl": KLConfig}
     for key, cls in nested.items():
         if key in d and isinstance(d[key], dict):
             sub = dict(d[key])

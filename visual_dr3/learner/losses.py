@@ -9,6 +9,8 @@ References followed (read, not copied):
   sampled CQL(H); ``with_lagrange``; ``max_q_backup``; ``deterministic_backup``).
 - SAC auto-entropy as in that file (``alpha_loss = -(log_alpha * (log_pi + target_entropy)).mean()``).
 - DR3: Kumar et al. 2021 (arXiv 2112.04716), explicit regularizer ``c0 * phi(s,a) . phi(s',a')``.
+- KL toward the previous policy: Vieillard et al. 2020, "Leverage the Average" (arXiv 2003.14089), the
+  regularized greedy step and backup of their MD-MPI scheme (:func:`gaussian_kl`, ``value_penalty``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "bc_actor_loss",
     "awr_actor_loss",
     "alpha_loss",
+    "gaussian_kl",
 ]
 
 
@@ -45,6 +48,7 @@ def td_target(
     alpha: Tensor | float | None = None,
     *,
     max_q_backup: bool = False,
+    value_penalty: Tensor | None = None,
 ) -> Tensor:
     """Bootstrapped target ``y = r + discount * (1 - done) * V(s')`` (detached), shape ``(B,)``.
 
@@ -64,6 +68,9 @@ def td_target(
     (max per head, then min); the two agree when both heads rank the samples alike.
 
     ``done`` is 1.0 for terminal transitions (no bootstrap). ``alpha`` is detached.
+
+    ``value_penalty`` ``(B,)`` (optional) is subtracted from V(s'): the KL-regularized backup passes
+    ``lambda * KL(pi(.|s') || pi_k(.|s'))`` (:func:`gaussian_kl`); None leaves the target exactly as above.
     """
     if (next_log_prob is None) != (alpha is None):
         raise ValueError("td_target: give both next_log_prob and alpha (soft backup) or neither (deterministic)")
@@ -86,6 +93,11 @@ def td_target(
         v = q_min
         if next_log_prob is not None:
             v = v - _as_detached(alpha) * next_log_prob
+    if value_penalty is not None:
+        if value_penalty.shape != v.shape:
+            raise ValueError(f"td_target: value_penalty {tuple(value_penalty.shape)} must be (B,) like V(s') "
+                             f"{tuple(v.shape)}")
+        v = v - value_penalty.detach()
     return (reward + discount * (1.0 - done) * v).detach()
 
 
@@ -252,3 +264,15 @@ def alpha_loss(log_alpha: Tensor, logp: Tensor, target_entropy: float) -> Tensor
     ``target_entropy`` is usually ``-action_dim``.
     """
     return -(log_alpha * (logp.detach() + target_entropy)).mean()
+
+
+def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
+    """``KL(p || q)`` of diagonal Gaussians ``p = N(mean_p, exp(log_std_p)^2)``, ``q`` likewise, ``(B,)``::
+
+        KL = sum_i [ log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2 ]
+
+    For two tanh-Gaussian policies it is also the KL of the squashed distributions: tanh is a bijection, and
+    KL is invariant under one (the Jacobians cancel in the log ratio). Exact, no sampling noise.
+    """
+    d = log_std_q - log_std_p
+    return (d + 0.5 * (torch.exp(-2.0 * d) + ((mean_p - mean_q) * torch.exp(-log_std_q)).pow(2)) - 0.5).sum(-1)

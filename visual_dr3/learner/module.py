@@ -91,6 +91,9 @@ class DR3CQL(L.LightningModule):
             self.ema_encoder = copy.deepcopy(self.trained_acting_nets()[0]).requires_grad_(False)
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.act_with_ema = self.ema_actor is not None
+        # kl.coef > 0: pi_k, the lagged policy the KL regularizer pulls toward (a Polyak copy of the actor's head)
+        self.kl_actor = (copy.deepcopy(self.actor).requires_grad_(False)
+                         if self.cfg.kl.coef > 0 and not is_bc else None)
         # A fixed alpha takes no gradient (DDP insists every trainable parameter gets one each step).
         self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.algo.init_alpha)),
                                       requires_grad=self.cfg.algo.auto_alpha and not is_bc)
@@ -106,7 +109,7 @@ class DR3CQL(L.LightningModule):
     # -- wiring ---------------------------------------------------------------------------------------
     def nets(self) -> Nets:
         return Nets(self.encoder, self.q, self.q_target, self.actor, self.actor_encoder,
-                    self.log_alpha, self.log_alpha_prime)
+                    self.log_alpha, self.log_alpha_prime, self.kl_actor)
 
     def critic_parameters(self) -> list[nn.Parameter]:
         if self.q is None:  # BC: no critic
@@ -178,8 +181,8 @@ class DR3CQL(L.LightningModule):
         return out, grad_metrics
 
     def optimizer_step(self, opt, step: Optional[int] = None) -> None:
-        """The optimizer step, then the Polyak update of the target critic and of the acting weights' average
-        (``step``: the update's 0-based index, default ``global_step``)."""
+        """The optimizer step, then the Polyak updates of the target critic, of the acting weights' average
+        (``step``: the update's 0-based index, default ``global_step``) and of the KL's lagged policy."""
         opt.step()
         if self.ema_actor is not None:
             enc, actor = self.trained_acting_nets()
@@ -188,6 +191,8 @@ class DR3CQL(L.LightningModule):
                           list(enc.parameters()) + list(actor.parameters()), tau)
         if self.q is not None:
             polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
+        if self.kl_actor is not None:
+            polyak_update(list(self.kl_actor.parameters()), list(self.actor.parameters()), self.cfg.kl.tau)
 
     def _guard(self, step: int, out, gnorm: torch.Tensor) -> None:
         """Record (with device ops only, no host sync) the first step at which each guarded value is non-finite."""

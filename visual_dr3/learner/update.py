@@ -35,6 +35,7 @@ class Nets:
     actor_encoder: Optional[nn.Module]
     log_alpha: Tensor
     log_alpha_prime: Optional[Tensor]
+    kl_actor: Optional[nn.Module] = None  # pi_k, the lagged policy of the KL regularizer (kl.coef > 0)
 
 
 @dataclass
@@ -104,7 +105,12 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     actor_phi, actor_phi_next = actor_phi_all[:B], actor_phi_all[B:]
     alpha = nets.log_alpha.exp().detach()
 
-    target, a_pi_next = _td_target(nets, batch, cfg, phi_next, actor_phi_next, alpha, generator)
+    next_kl = None
+    if cfg.kl.coef > 0:
+        with torch.no_grad():
+            next_kl = _kl_to_lagged(nets, actor_phi_next)
+    target, a_pi_next = _td_target(nets, batch, cfg, phi_next, actor_phi_next, alpha, generator,
+                                   None if next_kl is None else cfg.kl.coef * next_kl)
     want_pen = dr3.coef > 0 and dr3.features in ("penultimate", "both")
     q_out = nets.q(phi, batch.action, return_penultimate=want_pen)
     q1, q2 = q_out[0], q_out[1]
@@ -119,6 +125,11 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     critic_loss = td_loss + cql_loss + dr3.coef * dr3_term
     actor_loss, alpha_loss, logp_pi, awr_w = _actor_terms(nets, batch, cfg, step, phi, actor_phi, q1, q2, alpha,
                                                           generator)
+    kl = None
+    if cfg.kl.coef > 0:
+        kl = _kl_to_lagged(nets, actor_phi)
+        if step >= cfg.algo.bc_warmup_steps:  # the regularized greedy step: pi stays near pi_k
+            actor_loss = actor_loss + cfg.kl.coef * kl.mean()
 
     total = critic_loss + actor_loss + alpha_loss + lagrange_loss
     metrics = {
@@ -140,17 +151,42 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
         metrics["awr_weight"] = awr_w.mean().detach()
     if cql.lagrange:
         metrics["alpha_prime"] = alpha_prime.detach()
+    if kl is not None:
+        metrics["kl_policy"] = kl.mean().detach()  # KL(pi(.|s) || pi_k(.|s)): how far the policy moved
+        metrics["kl_backup"] = (cfg.kl.coef * next_kl).mean().detach()  # lambda * KL at s', off V(s')
     parts = {"critic": critic_loss, "actor": actor_loss, "alpha": alpha_loss, "lagrange": lagrange_loss}
     return UpdateOut(total=total, parts=parts, metrics=metrics, phi=phi.detach(), phi_next=phi_next.detach(),
                      a_prime=a_prime.detach())
 
 
+def _kl_to_lagged(nets: Nets, actor_phi: Tensor) -> Tensor:
+    """``KL(pi(.|s) || pi_k(.|s))`` ``(B,)``, exact (:func:`~visual_dr3.learner.losses.gaussian_kl`): the actor's
+    head and its lagged copy ``nets.kl_actor`` on the same actor features (the gradient reaches pi only).
+
+    The KL-regularized update of "Leverage the Average" (Vieillard et al. 2020, MD-MPI with KL weight lambda
+    = ``kl.coef`` and entropy weight tau = alpha): pi_{k+1} = argmax E_pi[Q] - lambda KL(pi || pi_k) + tau H(pi)
+    (the actor loss gains ``lambda * KL`` at s), and the backup's value of s' loses ``lambda * KL(pi(.|s') ||
+    pi_k(.|s'))``, the expectation under pi of lambda log(pi / pi_k) that their backup subtracts. Built in this
+    form rather than Munchausen's (a scaled log pi(a|s) added to the reward, the same scheme in disguise)
+    because it carries over to a tanh-Gaussian actor exactly (a closed-form KL, no log-prob of boundary
+    actions to clip) and works with either backup (``td`` or ``sarsa``: the penalty is a function of s' only).
+    pi_k is a Polyak-averaged copy of the actor's head (rate ``kl.tau``), a smooth stand-in for the paper's
+    previous iterate; it reads the current actor features. With n-step returns the penalty is applied at the
+    bootstrap state s_{t+n} only (the intermediate states are not in the batch).
+    """
+    mean, log_std = nets.actor(actor_phi.detach())
+    with torch.no_grad():
+        mean_k, log_std_k = nets.kl_actor(actor_phi.detach())
+    return L.gaussian_kl(mean, log_std, mean_k, log_std_k)
+
+
 @torch.no_grad()
 def _td_target(nets: Nets, batch: Batch, cfg: TrainConfig, phi_next: Tensor, actor_phi_next: Tensor, alpha: Tensor,
-               generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+               generator: Optional[torch.Generator], value_penalty: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """``(target, a_pi_next)``: the TD target of Q(s, a) (no gradient) and the policy's action at s'.
 
     n-step batches carry gamma^k per sample (k steps summed into the reward); one-step ones use gamma.
+    ``value_penalty``: subtracted from V(s') (the KL-regularized backup's ``lambda * KL`` at s').
     """
     algo, cql = cfg.algo, cfg.cql
     discount = batch.discount if batch.discount is not None else algo.discount
@@ -162,11 +198,13 @@ def _td_target(nets: Nets, batch: Batch, cfg: TrainConfig, phi_next: Tensor, act
     if cql.max_q_backup and algo.backup == "td":
         a_n, _ = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=cql.num_actions)
         tq1, tq2 = nets.q_target(phi_next.detach(), a_n)
-        return L.td_target(tq1, tq2, batch.reward, batch.done, discount, max_q_backup=True), a_pi_next
+        return L.td_target(tq1, tq2, batch.reward, batch.done, discount, max_q_backup=True,
+                           value_penalty=value_penalty), a_pi_next
     tq1, tq2 = nets.q_target(phi_next.detach(), a_next)
     use_ent = algo.entropy_backup and next_logp is not None
     target = L.td_target(tq1, tq2, batch.reward, batch.done, discount,
-                         next_log_prob=next_logp if use_ent else None, alpha=alpha if use_ent else None)
+                         next_log_prob=next_logp if use_ent else None, alpha=alpha if use_ent else None,
+                         value_penalty=value_penalty)
     return target, a_pi_next
 
 
