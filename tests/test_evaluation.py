@@ -234,6 +234,21 @@ def test_resume_checkpoint_must_match_the_networks(tmp_path):
         check_resume_compatible(path, other, 48)
     with pytest.raises(UserError, match="image_size: checkpoint 48, dataset 84"):
         check_resume_compatible(path, cfg, 84)
+    # the KL's lagged policy: another weight resumes, turning it on (or off) does not
+    with_kl = TrainConfig()
+    with_kl.kl.coef = 0.1
+    kl_path = tmp_path / "kl.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "global_step": 3,
+                "visual_dr3": {**meta, "config": to_dict(with_kl)}}, kl_path)
+    with_kl.kl.coef = 0.5
+    assert check_resume_compatible(kl_path, with_kl, 48) == 3
+    with pytest.raises(UserError, match=r"kl\.on: checkpoint True, now False"):
+        check_resume_compatible(kl_path, cfg, 48)
+    with pytest.raises(UserError, match=r"kl\.on: checkpoint False, now True"):
+        check_resume_compatible(path, with_kl, 48)
+    legacy = {**meta, "config": {k: v for k, v in to_dict(cfg).items() if k != "kl"}}  # before the KL option
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "visual_dr3": legacy}, tmp_path / "old.ckpt")
+    assert check_resume_compatible(tmp_path / "old.ckpt", cfg, 48) == 0
     (tmp_path / "junk.ckpt").write_text("x")
     with pytest.raises(UserError, match=r"^--resume .*junk\.ckpt: not a PyTorch checkpoint"):
         check_resume_compatible(tmp_path / "junk.ckpt", cfg, 48)

@@ -191,7 +191,4 @@ def test_kl_run_logs_its_diagnostics_and_resumes_bitwise(lift_dataset, tmp_path)
     kl_policy = [float(r["kl_policy"]) for r in rows]
     assert len(kl_policy) == 3 and all(v >= 0 for v in kl_policy) and any(v > 0 for v in kl_policy)
     assert all(float(r["kl_backup"]) >= 0 for r in rows)
-    # another KL weight resumes; turning the lagged policy off (or on) is a one-line error
-    r = subprocess.run(cmd(lift_dataset, part, "--max-steps", "8", "--resume", "auto"), cwd=tmp_path, env=env(),
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 2 and "kl.on: checkpoint True, now False" in r.stderr, r.stderr[-2000:]
+    # (turning the lagged policy on or off at a resume is refused: test_evaluation's resume-compatibility test)
