@@ -2,9 +2,11 @@
 
     python -m experiments.cql_vs_dr3 --scale cpu        # or --scale gpu; --dry-run prints the commands
 
-For each task x data kind (a "cell"): ``cql`` (``--dr3-coef 0``) and ``dr3`` (``--dr3-coef 0.01``) x seeds
-(``--conditions`` adds ``kl``, CQL+KL, and ``dr3_kl``, CQL+DR3+KL: ``--kl.coef`` of ``--kl-coef``),
-with success-rate evaluations during training. Configs: ``configs/experiments/cql_vs_dr3_mixed.yaml`` and
+For each task x data kind (a "cell"): ``cql`` (``--dr3-coef 0``) and ``dr3`` (``--dr3-coef 0.01``, encoder
+features) x seeds (``--conditions`` adds ``dr3_pen`` and ``dr3_both``, DR3 on the Q heads' penultimate layer or
+on both, ``kl``, CQL+KL, and ``dr3_kl``, CQL+DR3+KL: ``--kl.coef`` of ``--kl-coef``), with success-rate
+evaluations during training. ``--scale recipe`` runs the conditions on the learning recipe (the cpu preset of
+``python train.py``, with the actor on its own imitation-trained encoder), where policies grasp. Configs: ``configs/experiments/cql_vs_dr3_mixed.yaml`` and
 ``cql_vs_dr3_cog.yaml`` (prior/task 50/50, behaviour-cloning warm-up of 10% of the steps). One report per cell
 (grouped by ``dr3.coef``: success rate, final and best with intervals, dr3_dot, srank, Q-values) and an index
 page with every cell's table. The CPU scale runs ``lift`` only by default (``--tasks lift pick_place`` for both).
@@ -37,9 +39,21 @@ SCALES = {
     "gpu": Scale(name="gpu", image_size=84, max_steps=100_000, batch_size=256, seeds=(0, 1, 2), episodes=200,
                  eval_every=10_000, eval_episodes=50, eval_workers=4, log_every=100, checkpoint_every=5000,
                  gen_workers=16, jobs=4),
+    # the learning recipe's scale: the cpu preset's 1,000 steps, 50 evaluation episodes at 4 points, the seeds
+    # the recipe was not tuned on
+    "recipe": Scale(name="recipe", image_size=48, max_steps=1000, batch_size=64, seeds=(1, 2, 3), episodes=50,
+                    eval_every=250, eval_episodes=50, eval_workers=2, log_every=100, checkpoint_every=500,
+                    gen_workers=2, jobs=2),
 }
 #: tasks run by default at each scale (CPU: one task, to finish in a few hours)
-DEFAULT_TASKS = {"cpu": ("lift",), "gpu": ("lift", "pick_place")}
+DEFAULT_TASKS = {"cpu": ("lift",), "gpu": ("lift", "pick_place"), "recipe": ("lift",)}
+#: the recipe scale's config: the cpu preset (configs/cpu/<task>.yaml over configs/<task>.yaml) plus study settings
+RECIPE_CONFIG = CONFIG_DIR / "learn_to_grasp.yaml"
+#: the recipe scale's flags on top of the preset: on mixed lift data the actor on the critic's features grasped
+#: 28/150 and on its own imitation-trained encoder 76-101/150 (reports/learn_to_grasp/cpu_mixed_v3/), so every
+#: condition gets that actor and the conditions differ only in the critic's regularizers
+RECIPE_FLAGS = ("--model.actor_encoder", "separate_bc")
+CONDITIONS = ("cql", "dr3", "dr3_pen", "dr3_both", "kl", "dr3_kl")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", nargs="+", choices=sorted(CONFIGS), default=["mixed", "cog"],
                    help="dataset kinds (default mixed cog)")
     p.add_argument("--dr3-coef", type=float, default=0.01, help="c0 of the CQL+DR3 condition (default 0.01)")
-    p.add_argument("--conditions", nargs="+", choices=["cql", "dr3", "kl", "dr3_kl"], default=["cql", "dr3"],
-                   help="conditions (default cql dr3; kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
+    p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["cql", "dr3"],
+                   help="conditions (default cql dr3; dr3_pen / dr3_both = DR3 on the penultimate layer / on both; "
+                        "kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
     p.add_argument("--kl-coef", type=float, default=0.1,
                    help="lambda of the kl and dr3_kl conditions (train.py --kl.coef; default 0.1)")
     return p
@@ -63,6 +78,8 @@ def conditions(dr3_coef: float, kl_coef: float = 0.1,
     """condition -> its train.py flags, for the conditions ``names``."""
     c0, lam = fmt_coef(dr3_coef), fmt_coef(kl_coef)
     table = {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", c0),
+             "dr3_pen": ("--dr3-coef", c0, "--dr3.features", "penultimate"),
+             "dr3_both": ("--dr3-coef", c0, "--dr3.features", "both"),
              "kl": ("--dr3-coef", "0", "--kl.coef", lam), "dr3_kl": ("--dr3-coef", c0, "--kl.coef", lam)}
     return {name: table[name] for name in names}
 
@@ -73,11 +90,14 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
     out_root, _ = roots(args, EXPERIMENT)
     extra = tuple(shlex.split(args.train_args))
     runs = []
+    recipe = scale.name == "recipe"
     for task in args.tasks or DEFAULT_TASKS[args.scale]:
         for kind in args.kinds:
             data = DatasetSpec(task, kind, scale.image_size, scale.episodes, args.data_dir, scale.horizon)
             kind_flags: tuple[str, ...] = ()
-            if kind == "cog":
+            if scale.name == "recipe":
+                kind_flags = RECIPE_FLAGS  # the preset's 500-step warm-up holds for every kind
+            elif kind == "cog":
                 kind_flags = ("--algo.bc_warmup_steps", str(int(scale.max_steps * COG_BC_FRACTION)))
             group = f"{task}_{kind}"
             for cond, flags in conditions(args.dr3_coef, args.kl_coef, args.conditions).items():
@@ -86,8 +106,9 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
                     runs.append(RunSpec(
                         name=f"{group}/{cond}_s{seed}", group=group, condition=cond, seed=seed, out_dir=out,
                         dataset=data, max_steps=scale.max_steps,
-                        train_args=train_args(CONFIGS[kind], scale, task, data.path, out, seed,
-                                              (*kind_flags, *flags), extra)))
+                        train_args=train_args(RECIPE_CONFIG if recipe else CONFIGS[kind], scale, task, data.path,
+                                              out, seed, (*kind_flags, *flags), extra,
+                                              preset="cpu" if recipe else "gpu")))
     return scale, runs
 
 
@@ -98,9 +119,10 @@ def reports(args: argparse.Namespace, scale: Scale, runs: Sequence[RunSpec]):
     for group in dict.fromkeys(r.group for r in runs):
         cell = tuple(r for r in runs if r.group == group)
         task, kind = cell[0].dataset.task, cell[0].dataset.kind
-        with_kl = any(c in ("kl", "dr3_kl") for c in args.conditions)  # then two keys tell the conditions apart
+        # beyond cql/dr3, more than dr3.coef tells the conditions apart: group by every key that differs
+        more = any(c not in ("cql", "dr3") for c in args.conditions)
         specs.append(ReportSpec(report / group, f"{TITLE} on {task}/{kind} ({scale.describe()})", cell,
-                                group_by=None if with_kl else "dr3.coef", name=f"{task} / {kind}"))
+                                group_by=None if more else "dr3.coef", name=f"{task} / {kind}"))
     return specs, report, f"{TITLE} ({scale.describe()})"
 
 

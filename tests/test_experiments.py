@@ -369,3 +369,22 @@ def test_gripper_labels_counts_open_finger_frames_and_their_close_share_per_heig
     rows = label_table(height, finger, gripper, open_finger=0.0385, bands=((-1.5, -0.8), (-0.4, 0.0), (0.0, 0.5)))
     assert [(r["n_open"], r["n_all"]) for r in rows] == [(0, 1), (2, 2), (2, 3)]
     assert np.isnan(rows[0]["close_share"]) and rows[1]["close_share"] == 0.5 and rows[2]["close_share"] == 0.0
+
+
+def test_cql_vs_dr3_recipe_scale_runs_the_preset_with_every_dr3_layer(monkeypatch):
+    from visual_dr3.app.cli_args import parse_train_args
+
+    monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
+    scale, runs = plan(cql_vs_dr3, "--scale", "recipe", "--kinds", "mixed", "--conditions", "cql", "dr3", "dr3_pen",
+                       "dr3_both", "dr3_kl")
+    assert (scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds, scale.jobs) == \
+        (1000, 250, 50, (1, 2, 3), 2)
+    assert len(runs) == 15 and runs[0].train_args[:4] == ("--preset", "cpu", "--config", str(CFG / "learn_to_grasp.yaml"))
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs if r.seed == 2}
+    assert {c: (cfg.dr3.coef, cfg.dr3.features, cfg.kl.coef) for c, cfg in got.items()} == {
+        "cql": (0.0, "encoder", 0.0), "dr3": (0.01, "encoder", 0.0), "dr3_pen": (0.01, "penultimate", 0.0),
+        "dr3_both": (0.01, "both", 0.0), "dr3_kl": (0.01, "encoder", 0.1)}
+    # the preset's recipe (its warm-up, backup, steps) with the imitation-trained actor encoder on every run
+    for cfg in got.values():
+        assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.algo.backup, cfg.max_steps, cfg.eval_episodes) \
+            == ("separate_bc", 500, "sarsa", 1000, 50)
