@@ -31,13 +31,15 @@ class Row:
     target: str = ""
     """The target in words (``>= 0.95``); empty when the row is informative only."""
     met: Optional[bool] = None
-    """Whether ``value`` meets ``target`` (None: no target, or not measured)."""
+    """Whether ``value`` meets ``target`` (None: no target, or not measured, or within noise)."""
     note: str = ""
     """Setting or reason (e.g. why the case was skipped)."""
     reps: int = 0
     """Number of timed repetitions behind ``value``."""
     samples: list = field(default_factory=list)
     """The repetitions' raw values (for the JSON output)."""
+    noisy: bool = False
+    """The repetitions' range is wider than the margin to the target: the table says "within noise"."""
 
 
 @dataclass
@@ -57,13 +59,34 @@ class Timing:
         return (max(self.samples) - min(self.samples)) / m if m else 0.0
 
 
+def judge(value: float, spread: Optional[float], target: Optional[float],
+          lower_is_better: bool = False) -> tuple[str, Optional[bool], bool]:
+    """(target in words, met, within noise) of ``value`` against ``target``. A figure whose relative spread
+    is wider than its relative margin to the target (``|value - target| / value``) is within noise: neither
+    met nor missed."""
+    if target is None:
+        return "", None, False
+    tgt = f"{'<=' if lower_is_better else '>='} {target:g}"
+    if spread is not None and value and spread > abs(value - target) / abs(value):
+        return tgt, None, True
+    return tgt, (value <= target if lower_is_better else value >= target), False
+
+
 def ratio_row(case: str, measure: str, num: Timing, den: Timing, target: Optional[float] = None,
               lower_is_better: bool = False, note: str = "") -> Row:
     """A row of median(num) / median(den), with the spread of the two combined (relative spreads add)."""
     value = num.median / den.median
-    met = None if target is None else (value <= target if lower_is_better else value >= target)
-    tgt = "" if target is None else f"{'<=' if lower_is_better else '>='} {target:g}"
-    return Row(case, measure, value, "x", num.spread + den.spread, tgt, met, note, len(num.samples))
+    spread = num.spread + den.spread
+    tgt, met, noisy = judge(value, spread, target, lower_is_better)
+    return Row(case, measure, value, "x", spread, tgt, met, note, len(num.samples), noisy=noisy)
+
+
+def target_row(case: str, measure: str, t: Timing, target: float, lower_is_better: bool = False,
+               unit: str = "x", note: str = "") -> Row:
+    """A row of median(t) against ``target`` (within noise when its spread is wider than the margin)."""
+    tgt, met, noisy = judge(t.median, t.spread, target, lower_is_better)
+    return Row(case, measure, t.median, unit, t.spread, tgt, met, note, len(t.samples), samples=t.samples,
+               noisy=noisy)
 
 
 def timing_row(case: str, measure: str, t: Timing, unit: str, note: str = "") -> Row:
@@ -127,7 +150,7 @@ def format_table(rows: Sequence[Row]) -> str:
     head = ["case", "measure", "value", "spread", "target", "met", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        met = "" if r.met is None else ("yes" if r.met else "NO")
+        met = "within noise" if r.noisy else ("" if r.met is None else ("yes" if r.met else "NO"))
         spread = "" if r.spread is None else f"{100 * r.spread:.0f}%"
         cells = [r.case, r.measure, fmt_value(r.value, r.unit), spread, r.target, met, r.note]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")

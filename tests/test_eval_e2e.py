@@ -70,6 +70,10 @@ def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
     assert [p.name for p in out_json.parent.iterdir()] == ["eval.json"]  # no temporary file left behind
     assert rep["task"] == "lift" and rep["env_name"] == "Lift" and rep["global_step"] == 2
     assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5 and rep["deterministic"] is True
+    assert rep["envs_per_worker"] == 2  # the default: 2 workers x 2 envs for 4 episodes
+    t = rep["timing"]  # where the time went: the workers' sim and render time, the parent's policy calls
+    assert t["rows"] == sum(r_["length"] for r_ in rep["records"]) and 1 <= t["calls"] <= t["rows"]
+    assert t["env_seconds"] > 0 and t["render_seconds"] > 0 and t["policy_seconds"] > 0
     assert rep["horizon"] == 12 and rep["image_size"] == 32
     assert rep["render"]["image_convention"] == "opencv" and rep["render"]["reflection"] is False
     recs = rep["records"]
@@ -139,6 +143,7 @@ def bad_files(checkpoint, tmp_path_factory):
     (["--checkpoint", "{d}/size48.ckpt"], "trained on 32x32 images but env_args render 48x48"),
     (["--checkpoint", "{ck}", "--episodes", "0"], "--episodes: got 0; expected an integer >= 1"),
     (["--checkpoint", "{ck}", "--workers", "0"], "--workers: got 0; expected an integer >= 1"),
+    (["--checkpoint", "{ck}", "--envs-per-worker", "0"], "--envs-per-worker: got 0; expected an integer >= 1"),
     (["--checkpoint", "{ck}", "--episodes", "many"], "--episodes: got 'many'"),
     (["--checkpoint", "{ck}", "--device", "tpu"], "--device"),
     (["--checkpoint", "{ck}", "--weights", "ema"], "holds no moving average (trained with algo.policy_ema 0)"),

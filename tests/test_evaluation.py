@@ -341,7 +341,9 @@ def _pool(workers, **kw):
 
     kw.setdefault("expect_image_size", SIZE)
     kw.setdefault("expect_proprio_dim", 9)
-    return RolloutPool(env_args_for("lift", SIZE), IMAGE_KEYS, PROPRIO_KEYS, workers=workers, horizon=4,
+    kw.setdefault("horizon", 4)
+    kw.setdefault("envs_per_worker", 1)  # one env per worker unless a test asks for more
+    return RolloutPool(env_args_for("lift", SIZE), IMAGE_KEYS, PROPRIO_KEYS, workers=workers,
                        env_seed=env_seed_for(3), **kw)
 
 
@@ -432,3 +434,84 @@ def test_a_pool_that_lost_its_worker_replaces_it_at_the_next_run():
         second = pool.run(RecordingPolicy(), [1], seed=3)  # the dead worker is replaced for this run
     assert second.results[0].error is None and second.results[0].length == 4
     assert len(lines) == 2 and "recorded as failed" in lines[1]
+
+
+class TrajectoryPolicy:
+    """Acts on what it sees (a P-controller on the end-effector height, gripper from the image mean), and
+    keeps every observation of every episode, so any difference in pixels or state changes what it records."""
+
+    def __init__(self):
+        self.seen: dict[int, list[np.ndarray]] = {}
+
+    def start_episode(self, episode, seed):
+        self.seen[episode] = []
+
+    def __call__(self, obs, episodes):
+        a = np.zeros((len(episodes), 7), np.float32)
+        for row, e in enumerate(episodes):
+            flat = np.concatenate([obs["proprio"][row]] + [obs[k][row].ravel() / 255.0 for k in IMAGE_KEYS])
+            self.seen[e].append(flat)
+            a[row, 2] = np.clip(5.0 * (1.0 - obs["proprio"][row][2]), -1, 1)
+            a[row, 6] = 1.0 if obs[IMAGE_KEYS[0]][row].mean() > 100 else -1.0
+        return a
+
+
+def test_two_envs_per_worker_give_the_same_trajectories_pixel_for_pixel():
+    runs = {}
+    for workers, envs in [(1, 1), (1, 2), (2, 2)]:
+        pol = TrajectoryPolicy()
+        with _pool(workers, envs_per_worker=envs, horizon=6) as pool:
+            run = pool.run(pol, 5, seed=11)
+        runs[workers, envs] = (pol, run)
+        ready = [w.info["envs"] for w in pool.workers if w.info]  # (a slow worker may start after the last episode)
+        assert ready and set(ready) == {envs}
+    ref_pol, ref_run = runs[1, 1]
+    assert all(len(ref_pol.seen[e]) == 6 for e in range(5))
+    for key in [(1, 2), (2, 2)]:
+        pol, run = runs[key]
+        assert [(r.episode, r.seed, r.length, r.success) for r in run.results] == \
+            [(r.episode, r.seed, r.length, r.success) for r in ref_run.results]
+        for e in range(5):  # every observation of every episode, images included, bit for bit
+            assert len(pol.seen[e]) == len(ref_pol.seen[e])
+            for a, b in zip(pol.seen[e], ref_pol.seen[e]):
+                np.testing.assert_array_equal(a, b)
+        t = run.timing  # the breakdown: the workers' env and render time and the parent's policy time
+        assert t.rows == sum(r.length for r in run.results) and 1 <= t.calls <= t.rows
+        assert t.env_seconds > 0 and t.render_seconds > 0 and t.policy_seconds > 0
+
+
+def test_a_dead_worker_retries_the_episodes_of_both_its_envs():
+    from visual_dr3.evaluation.rollout import FaultSpec
+
+    lines: list[str] = []
+    ref = RecordingPolicy()
+    with _pool(1) as pool:
+        base = pool.run(ref, 3, seed=5)
+    pol = RecordingPolicy()
+    with _pool(1, envs_per_worker=2, faults=[FaultSpec(episode=1, at_step=2, kind="exit")],
+               warn=lines.append) as pool:
+        run = pool.run(pol, 3, seed=5)
+    by_ep = {r.episode: r for r in run.results}
+    assert sorted(by_ep) == [0, 1, 2] and all(r.error is None and r.length == 4 for r in run.results)
+    # episode 1's worker died: episode 1 and the episode on the worker's other env (0) are both rerun
+    assert by_ep[1].attempts == 2 and by_ep[0].attempts == 2 and by_ep[2].attempts == 1
+    assert sum("exited with code 3" in ln and "retrying" in ln for ln in lines) == 2
+    for e in range(3):
+        np.testing.assert_array_equal(pol.first[e], ref.first[e])
+    assert [(r.length, r.success) for r in run.results] == [(r.length, r.success) for r in base.results]
+
+
+def test_envs_per_worker_has_one_default_everywhere():
+    import inspect
+
+    from visual_dr3.app.eval import build_parser
+    from visual_dr3.evaluation.callback import EvalCallback
+    from visual_dr3.evaluation.evaluate import evaluate_checkpoint
+    from visual_dr3.evaluation.pool import ENVS_PER_WORKER
+    from visual_dr3.learner.config import TrainConfig, validate
+
+    defaults = {inspect.signature(f).parameters["envs_per_worker"].default for f in (EvalCallback, evaluate_checkpoint)}
+    assert defaults == {ENVS_PER_WORKER} == {TrainConfig().eval_envs_per_worker}
+    assert build_parser().parse_args(["--checkpoint", "c"]).envs_per_worker == ENVS_PER_WORKER
+    with pytest.raises(UserError, match="eval_envs_per_worker"):
+        validate(TrainConfig(eval_envs_per_worker=0))

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_int_arg("--episodes", 1), default=20, help="episodes to run (default 20)")
     p.add_argument("--workers", type=_int_arg("--workers", 1), default=1,
                    help="env worker processes, one env each (default 1; about one per free CPU core)")
+    p.add_argument("--envs-per-worker", type=_int_arg("--envs-per-worker", 1), default=2,
+                   help="envs per worker, stepped in turn: one steps while the policy acts for the other (default 2)")
     p.add_argument("--seed", type=_int_arg("--seed", 0), default=0,
                    help="run seed: episode i starts from a seed derived from (seed, i) (default 0)")
     p.add_argument("--deterministic", action="store_true",
@@ -65,6 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         report = evaluate_checkpoint(
             args.checkpoint, args.episodes, workers=args.workers, seed=args.seed,
+            envs_per_worker=args.envs_per_worker,
             deterministic=args.deterministic, device=args.device, video_dir=args.video,
             video_episodes=args.video_episodes, horizon=args.horizon, json_out=args.json,
             progress=not args.no_progress, weights=args.weights)

@@ -83,13 +83,15 @@ class EvalCallback(Callback):
                  video_dir: "str | os.PathLike | None" = None, video_episodes: int = 2,
                  output_dir: "str | os.PathLike | None" = None, deterministic: bool = True,
                  horizon: Optional[int] = None, save_best: bool = True, eval_at_end: bool = True,
-                 progress: bool = False, faults: Sequence = ()):
+                 progress: bool = False, faults: Sequence = (), envs_per_worker: int = 2):
         super().__init__()
         for name, v, lo in (("every_n_steps", every_n_steps, 1), ("episodes", episodes, 1), ("workers", workers, 1),
-                            ("seed", seed, 0), ("video_episodes", video_episodes, 0)):
+                            ("seed", seed, 0), ("video_episodes", video_episodes, 0),
+                            ("envs_per_worker", envs_per_worker, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise UserError(f"EvalCallback {name}: got {v!r}; expected an integer >= {lo}")
         self.every_n_steps, self.episodes, self.workers, self.seed = every_n_steps, episodes, workers, seed
+        self.envs_per_worker = envs_per_worker
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.video_episodes = video_episodes
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -173,7 +175,9 @@ class EvalCallback(Callback):
                                      env_seed=env_seed_for(self.seed),
                                      expect_image_size=int(hp["image_size"]),
                                      expect_proprio_dim=int(hp.get("proprio_dim") or 0) or None,
-                                     faults=self.faults, warn=say)
+                                     faults=self.faults, warn=say,
+                                     envs_per_worker=max(1, min(self.envs_per_worker,
+                                                                -(-n_episodes // max(1, min(self.workers, n_episodes))))))
         return self._pool
 
     def _run_local(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict:
@@ -246,6 +250,7 @@ class EvalCallback(Callback):
                 "step": step, "episodes": self.episodes, "seed": self.seed, "deterministic": self.deterministic,
                 "weights": "ema" if getattr(pl_module, "act_with_ema", False) else "trained",
                 "world_size": trainer.world_size, "workers_per_rank": self.workers,
+                "envs_per_worker": self.envs_per_worker,
                 "best": {"success_rate": self.best_success_rate, "step": self.best_step},
                 "summary": summary, "records": records,
                 "warnings": [w for p in gathered for w in p["warnings"]],
@@ -311,4 +316,5 @@ def make_eval_callback(cfg, output_dir: "str | os.PathLike") -> Optional[EvalCal
     return EvalCallback(every_n_steps=every, episodes=episodes, workers=int(workers), seed=int(cfg.seed),
                         video_dir=(out / "eval" / "videos") if videos > 0 else None, video_episodes=videos,
                         output_dir=out, deterministic=bool(getattr(cfg, "eval_deterministic", True)),
-                        horizon=getattr(cfg, "eval_horizon", None))
+                        horizon=getattr(cfg, "eval_horizon", None),
+                        envs_per_worker=int(getattr(cfg, "eval_envs_per_worker", 2)))

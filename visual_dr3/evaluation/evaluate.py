@@ -13,6 +13,7 @@ the main module (``eval.py`` -> :mod:`visual_dr3.app.eval` -> this file).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from pathlib import Path
@@ -29,7 +30,8 @@ WEIGHTS = ("auto", "trained", "ema")
 def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers: int = 1, seed: int = 0,
                         deterministic: bool = False, device: str = "auto", video_dir=None,
                         video_episodes: int = 5, horizon: Optional[int] = None, json_out=None,
-                        progress: bool = True, faults: Sequence = (), warn=None, weights: str = "auto") -> dict:
+                        progress: bool = True, faults: Sequence = (), warn=None, weights: str = "auto",
+                        envs_per_worker: int = 2) -> dict:
     """Evaluate a checkpoint: returns the report (``summary`` + per-episode ``records``), also written to
     ``json_out`` when given. See :func:`main` for the arguments."""
     import torch
@@ -40,6 +42,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
 
     _check_positive("--episodes", episodes)
     _check_positive("--workers", workers)
+    _check_positive("--envs-per-worker", envs_per_worker)
     if horizon is not None:
         _check_positive("--horizon", horizon)
     if seed is None or int(seed) < 0:
@@ -59,6 +62,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
     if video_dir is not None:
         ensure_writable_dir(Path(video_dir), "--video")
     workers = min(int(workers), int(episodes))
+    envs_per_worker = min(int(envs_per_worker), -(-int(episodes) // workers))  # no env without an episode
     pool_kw = dict(env_seed=env_seed_for(int(seed)), expect_image_size=int(meta["image_size"]),
                    expect_proprio_dim=int(ckpt["hyper_parameters"].get("proprio_dim", 0)) or None,
                    faults=tuple(faults))
@@ -66,7 +70,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         pool_kw["warn"] = warn
     # Start the workers first: they build their envs (seconds) while the parent builds the networks.
     with RolloutPool(env_args, meta["image_keys"], meta["proprio_keys"], workers=workers, horizon=horizon,
-                     **pool_kw) as pool:
+                     envs_per_worker=envs_per_worker, **pool_kw) as pool:
         module, _, _ = load_policy(checkpoint, dev, ckpt=ckpt)
         module.act_with_ema = weights != "trained" and module.ema_actor is not None
         if dev.type == "cpu":
@@ -87,6 +91,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         "global_step": ckpt.get("global_step"),
         "episodes": int(episodes),
         "workers": workers,
+        "envs_per_worker": envs_per_worker,
         "seed": int(seed),
         "env_seed": env_seed_for(int(seed)),
         "deterministic": bool(deterministic),
@@ -100,6 +105,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "summary": summarize(records, run.seconds, run.rollout_seconds),
         "records": records,
+        "timing": dataclasses.asdict(run.timing),
         "warnings": run.warnings + [f"note: {n}" for n in notes],
     }
     if json_out is not None:

@@ -1,10 +1,12 @@
-"""One run of a rollout pool: the episode queue, the lock-step loop and the records it produces.
+"""One run of a rollout pool: the episode queue, the loop that steps the envs and the records it produces.
 
 :class:`_Run` is what :meth:`~visual_dr3.evaluation.pool.RolloutPool.run` executes: it hands queued episodes
-(:func:`episode_queue`: episode ``e`` starts from ``episode_seed(seed, e)``) to idle workers, collects every
-reset/step reply, makes one batched policy call per lock step, and turns worker failures into a retry from
-the same seed or a failed record (at most :data:`MAX_ATTEMPTS` attempts). It returns a :class:`RolloutRun` of
-:class:`EpisodeResult` records. No torch here: the policy is any callable.
+(:func:`episode_queue`: episode ``e`` starts from ``episode_seed(seed, e)``) to idle envs ("lanes"; a worker
+process holds one or more), collects reset/step replies and makes one batched policy call for every lane whose
+observation is in, as soon as it is in (the other lanes keep stepping meanwhile), and turns worker failures into
+a retry from the same seed or a failed record (at most :data:`MAX_ATTEMPTS` attempts). It returns a
+:class:`RolloutRun` of :class:`EpisodeResult` records and a :class:`RunTiming`. No torch here: the policy is any
+callable.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Callable, Collection, Optional, Sequence
 import numpy as np
 
 from visual_dr3.evaluation.stats import episode_seed
-from visual_dr3.evaluation.workers import BUSY, DEAD, HAS_OBS, IDLE, STARTING, _Episode, format_exc, _Worker
+from visual_dr3.evaluation.workers import (BUSY, DEAD, HAS_OBS, IDLE, READY, STARTING, _Episode, _Lane, _Worker,
+                                           format_exc)
 
 MAX_ATTEMPTS = 2  # an episode is tried at most twice (one retry after a worker failure)
 
@@ -52,6 +55,19 @@ class EpisodeResult:
 
 
 @dataclass
+class RunTiming:
+    """Where a run's time went, summed over its env steps and resets: the workers' time in ``env.step`` /
+    ``env.reset`` without rendering (physics, controller, observables), in rendering (``sim.render``), and the
+    parent's time in the policy (``calls`` batched calls over ``rows`` observations)."""
+
+    env_seconds: float = 0.0
+    render_seconds: float = 0.0
+    policy_seconds: float = 0.0
+    calls: int = 0
+    rows: int = 0
+
+
+@dataclass
 class RolloutRun:
     """Outcome of :meth:`RolloutPool.run`: per-episode records (sorted by episode) and timings."""
 
@@ -59,6 +75,7 @@ class RolloutRun:
     seconds: float  # wall time of the run, including waiting for workers to start
     rollout_seconds: float  # wall time after the first worker was ready
     warnings: list[str]
+    timing: RunTiming = dataclasses.field(default_factory=RunTiming)
 
     @property
     def records(self) -> list[dict]:
@@ -87,13 +104,14 @@ class _Run:
         self.queue = episode_queue(episodes, seed)
         self.results: dict[int, EpisodeResult] = {}
         self.warnings: list[str] = []
+        self.timing = RunTiming()
         self.start_policy = getattr(policy, "start_episode", None)
         self.end_policy = getattr(policy, "end_episode", None)
         # the first run's clock starts when the pool did: its "overall" figures include building the envs
         self.t_start = pool.started_at if not pool._ran else time.monotonic()
         pool._ran = True
         self.t_first_ready: Optional[float] = (
-            time.monotonic() if any(w.state not in (STARTING, DEAD) for w in pool.workers) else None)
+            time.monotonic() if any(w.state == READY for w in pool.workers) else None)
         self.start_failures = [0] * len(pool.workers)
         self.bar = None
         if progress:
@@ -105,8 +123,12 @@ class _Run:
     def workers(self) -> list[_Worker]:
         return self.pool.workers
 
+    @property
+    def lanes(self) -> list[_Lane]:
+        return [lane for w in self.workers for lane in w.lanes]
+
     def _running(self) -> bool:
-        return bool(self.queue) or any(w.episode is not None for w in self.workers)
+        return bool(self.queue) or any(lane.episode is not None for lane in self.lanes)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def execute(self) -> RolloutRun:
@@ -115,12 +137,11 @@ class _Run:
             for slot, w in enumerate(self.workers):  # workers lost after an earlier run are replaced now
                 if w.state == DEAD and self.queue:
                     self.workers[slot] = _Worker(self.pool.ctx, slot, self.pool.spec)
-            for w in self.workers:
-                if w.state == IDLE:
-                    self.assign(w)
+            for lane in self.lanes:
+                self.assign(lane)
             while self._running():
                 self.collect()
-                if self.queue and not any(w.state in (STARTING, BUSY, HAS_OBS) for w in self.workers):
+                if self.queue and not any(lane.state in (STARTING, BUSY, HAS_OBS) for lane in self.lanes):
                     raise RolloutError("no rollout worker left to run the remaining episodes")
                 self.act()
         finally:
@@ -130,32 +151,34 @@ class _Run:
         ordered = [self.results[e] for e in sorted(self.results)]
         t_ready = self.t_first_ready if self.t_first_ready is not None else self.t_start
         return RolloutRun(results=ordered, seconds=t_end - self.t_start, rollout_seconds=t_end - t_ready,
-                          warnings=self.warnings)
+                          warnings=self.warnings, timing=self.timing)
 
     def collect(self) -> None:
-        """Collect every reset/step reply (lock step); workers still building their env join when ready, and
+        """Handle every reply that has come; return as soon as some lane holds an observation (the policy acts
+        on it while the other lanes step), else wait. Workers still building their envs join when ready, and
         are waited for only when nothing else can run."""
         while True:
-            for w in [w for w in self.workers if w.state == STARTING]:
-                if w.conn.poll() or not w.proc.is_alive():
-                    self.receive(w)
-            busy = [w for w in self.workers if w.state == BUSY]
+            self._receive_all([w for w in self.workers if w.state != DEAD], block=False)
+            if any(lane.state == HAS_OBS for lane in self.lanes):
+                return
+            busy = [w for w in self.workers if any(lane.state == BUSY for lane in w.lanes)]
             starting = [w for w in self.workers if w.state == STARTING]
-            has_obs = any(w.state == HAS_OBS for w in self.workers)
-            if not busy and (has_obs or not starting or not self.queue):
+            if not busy and (not starting or not self.queue):
                 return
             watch = busy + starting
-            self._wait(watch)
+            self._receive_all(watch, block=True)
             self._check_timeouts(watch)
 
-    def _wait(self, watch: list[_Worker]) -> None:
-        """Wait up to 1 s for a reply or an exit of the ``watch`` workers; handle what came."""
+    def _receive_all(self, watch: list[_Worker], block: bool) -> None:
+        """Handle what the ``watch`` workers sent (or their exits); ``block``: wait up to 1 s for something."""
         handles = {}
         for w in watch:
             handles[w.conn] = w
             handles[w.proc.sentinel] = w
+        if not handles:
+            return
         seen = set()
-        for h in mp_wait(list(handles), timeout=1.0):
+        for h in mp_wait(list(handles), timeout=1.0 if block else 0):
             w = handles[h]
             if id(w) in seen or w.state == DEAD:
                 continue
@@ -166,46 +189,50 @@ class _Run:
         now = time.monotonic()
         step_timeout, start_timeout = self.pool.step_timeout, self.pool.start_timeout
         for w in watch:
-            if w.state == BUSY and now - w.sent_at > step_timeout:
-                w.proc.kill()
-                self.fail(w, f"no answer within {step_timeout:.0f} s (killed)")
-            elif w.state == STARTING and now - w.sent_at > start_timeout:
+            if w.state == STARTING and now - w.sent_at > start_timeout:
                 w.proc.kill()
                 self.fail(w, f"environment not built within {start_timeout:.0f} s (killed)")
+            elif any(lane.state == BUSY and now - lane.sent_at > step_timeout for lane in w.lanes):
+                w.proc.kill()
+                self.fail(w, f"no answer within {step_timeout:.0f} s (killed)")
 
     def act(self) -> None:
-        """One batched policy call for every worker holding an observation; each gets its action."""
-        acting = [w for w in self.workers if w.state == HAS_OBS]
+        """One batched policy call for every lane holding an observation; each gets its action."""
+        acting = [lane for lane in self.lanes if lane.state == HAS_OBS]
         if not acting:
             return
-        batch = {k: np.stack([w.obs[k] for w in acting]) for k in acting[0].obs}
-        actions = np.asarray(self.policy(batch, [w.episode.index for w in acting]), dtype=np.float32)
+        batch = {k: np.stack([lane.obs[k] for lane in acting]) for k in acting[0].obs}
+        t = time.perf_counter()
+        actions = np.asarray(self.policy(batch, [lane.episode.index for lane in acting]), dtype=np.float32)
+        self.timing.policy_seconds += time.perf_counter() - t
+        self.timing.calls += 1
+        self.timing.rows += len(acting)
         if actions.ndim != 2 or actions.shape[0] != len(acting):
             raise RolloutError(f"policy returned actions of shape {actions.shape} for {len(acting)} "
                                f"observations")
         actions = np.clip(actions, -1.0, 1.0)
-        for w, a in zip(acting, actions):
+        for lane, a in zip(acting, actions):
+            if lane.state != HAS_OBS:  # its worker failed while an earlier lane's action was being sent
+                continue
+            lane.state = BUSY
             try:
-                w.send(("step", a))
-                w.state = BUSY
+                lane.send(("step", a))
             except (BrokenPipeError, OSError) as e:
-                w.state = BUSY
-                self.fail(w, f"{w.exit_description()} ({type(e).__name__})")
+                self.fail(lane.worker, f"{lane.worker.exit_description()} ({type(e).__name__})")
 
     # -- messages ---------------------------------------------------------------------------------------
     def receive(self, w: _Worker) -> None:
-        """Read one message of ``w`` (if any) and handle it; a closed pipe or dead process is a failure."""
+        """Read and handle every message ``w`` has sent; a closed pipe or dead process is a failure."""
         try:
-            if w.conn.poll():
-                msg = w.conn.recv()
-            elif not w.proc.is_alive():
+            got = False
+            while w.state != DEAD and w.conn.poll():
+                self.handle(w, w.conn.recv())
+                got = True
+            if not got and w.state != DEAD and not w.proc.is_alive():
                 raise EOFError
-            else:
-                return
         except (EOFError, OSError, ConnectionError):
-            self.fail(w, w.exit_description())
-            return
-        self.handle(w, msg)
+            if w.state != DEAD:
+                self.fail(w, w.exit_description())
 
     def handle(self, w: _Worker, msg) -> None:
         kind = msg[0]
@@ -216,8 +243,10 @@ class _Run:
         elif kind != "obs":
             self.fail(w, f"unexpected message {kind!r}")
         else:
-            _, obs, reward, success, end = msg
-            self._on_obs(w, obs, reward, success, end)
+            _, lane, obs, reward, success, end, (env_s, render_s) = msg
+            self.timing.env_seconds += env_s
+            self.timing.render_seconds += render_s
+            self._on_obs(w.lanes[lane], obs, reward, success, end)
 
     def _on_ready(self, w: _Worker, info: dict) -> None:
         pool = self.pool
@@ -230,57 +259,62 @@ class _Run:
         self.start_failures[w.slot] = 0
         if self.t_first_ready is None:
             self.t_first_ready = time.monotonic()
-        w.state = IDLE
-        self.assign(w)
+        w.state = READY
+        for lane in w.lanes:
+            lane.state = IDLE
+            self.assign(lane)
 
-    def _on_obs(self, w: _Worker, obs: dict, reward: float, success: bool, end: bool) -> None:
-        ep = w.episode
-        if w.last_cmd == "step":
+    def _on_obs(self, lane: _Lane, obs: dict, reward: float, success: bool, end: bool) -> None:
+        ep = lane.episode
+        if lane.last_cmd == "step":
             ep.length += 1
             ep.ret += reward
             ep.success = ep.success or success
         if ep.frames is not None:
             ep.frames.append([obs[k] for k in self.pool.spec.image_keys])
         if end:
-            w.episode, w.obs = None, None
-            w.state = IDLE
+            lane.episode, lane.obs = None, None
+            lane.state = IDLE
             self.finish(ep)
-            self.assign(w)
+            self.assign(lane)
         else:
-            w.obs = obs
-            w.state = HAS_OBS
+            lane.obs = obs
+            lane.state = HAS_OBS
 
     # -- episodes ---------------------------------------------------------------------------------------
-    def assign(self, w: _Worker) -> None:
-        """Start the next queued episode on ``w`` if it is idle."""
-        if not self.queue or w.state != IDLE:
+    def assign(self, lane: _Lane) -> None:
+        """Start the next queued episode on ``lane`` if it is idle."""
+        if not self.queue or lane.state != IDLE:
             return
         ep = self.queue.popleft()
         ep.ret, ep.length, ep.success, ep.t0 = 0.0, 0, False, time.monotonic()
         ep.frames = [] if ep.index in self.video_episodes else None
-        w.episode = ep
+        lane.episode = ep
         if self.start_policy is not None:
             self.start_policy(ep.index, ep.seed)
-        w.state = BUSY
+        lane.state = BUSY
         try:
-            w.send(("reset", ep.index, ep.seed, ep.attempt))
+            lane.send(("reset", ep.index, ep.seed, ep.attempt))
         except (BrokenPipeError, OSError) as e:
-            self.fail(w, f"{w.exit_description()} ({type(e).__name__})")
+            self.fail(lane.worker, f"{lane.worker.exit_description()} ({type(e).__name__})")
 
     def fail(self, w: _Worker, err: str) -> None:
-        """``w`` failed: kill it, retry or record its episode, and start a fresh worker in its slot if needed."""
-        ep = w.episode
+        """``w`` failed: kill it, retry or record the episodes of its envs, and start a fresh worker in its slot
+        if needed."""
+        running = [(lane, lane.episode) for lane in w.lanes if lane.episode is not None]
         w.kill()
-        w.episode, w.obs = None, None
-        if ep is None:  # failed while starting (building its env)
+        for lane in w.lanes:
+            lane.episode, lane.obs = None, None
+        if not running:  # failed while starting (building its envs) or between episodes
             self.start_failures[w.slot] += 1
             if self.start_failures[w.slot] >= MAX_ATTEMPTS:
                 raise RolloutError(f"rollout worker could not start its environment twice: {err}")
             self.emit(f"warning: eval worker {w.slot} failed to start ({err}); starting a fresh one")
-        else:
+        for _, ep in reversed(running):  # retried episodes go back to the queue's front in their order
             self._fail_episode(w, ep, err)
         if self._running():
-            self.workers[w.slot] = _Worker(self.pool.ctx, w.slot, self.pool.spec)
+            fresh = _Worker(self.pool.ctx, w.slot, self.pool.spec)
+            self.workers[w.slot] = fresh
 
     def _fail_episode(self, w: _Worker, ep: _Episode, err: str) -> None:
         ep.errors.append(err)

@@ -55,7 +55,7 @@ class TorchPolicy:
 
     def __call__(self, obs: dict, episodes: list[int]) -> np.ndarray:
         torch = self.torch
-        with torch.no_grad():
+        with torch.inference_mode():
             t = self.to_tensors(obs)
             if self.deterministic:
                 a = self.module.act(t, deterministic=True)

@@ -1,4 +1,4 @@
-"""The rollout pool: ``workers`` env processes kept for many runs, .
+"""The rollout pool: ``workers`` env processes (``envs_per_worker`` envs each) kept for many runs.
 
 :class:`RolloutPool` starts the worker processes (:mod:`~visual_dr3.evaluation.workers`), checks the first
 observation of every worker against what the policy expects, runs lists of episodes through
@@ -20,6 +20,8 @@ from visual_dr3.evaluation.lockstep import EpisodeResult, RolloutRun, _Run
 from visual_dr3.evaluation.workers import DEAD, FaultSpec, WorkerSpec, _Worker
 
 START_METHOD = "spawn"
+#: envs per worker unless told otherwise (train.py's eval_envs_per_worker, eval.py's --envs-per-worker)
+ENVS_PER_WORKER = 2
 
 
 class RolloutPool:
@@ -30,6 +32,9 @@ class RolloutPool:
     ``env_seed``: seed of env construction, the same in every worker (see :mod:`visual_dr3.evaluation.rollout`; use
     :func:`env_seed_for` of the run seed). ``expect_image_size``/``expect_proprio_dim``: checked against the
     first observation of every worker (a mismatch is a :class:`UserError`). ``faults``: the :class:`FaultSpec` test hook.
+    ``envs_per_worker``: envs each worker process holds and steps in turn; with 2, a worker steps one env
+    while the parent computes the other's action (the policy call and the simulator overlap). An episode's
+    trajectory depends on its seed and the policy only, not on the number of workers or envs per worker.
     Use as a context manager (or call :meth:`close`); workers are daemonic, so they also die with the parent.
     """
 
@@ -37,13 +42,16 @@ class RolloutPool:
                  horizon: Optional[int] = None, env_seed: int = 0, expect_image_size: Optional[int] = None,
                  expect_proprio_dim: Optional[int] = None, faults: Sequence[FaultSpec] = (),
                  step_timeout: float = 120.0, start_timeout: float = 600.0,
-                 warn: Callable[[str], None] = say):
+                 warn: Callable[[str], None] = say, envs_per_worker: int = ENVS_PER_WORKER):
         if int(workers) < 1:
             raise UserError(f"--workers: got {workers!r}; expected a positive integer")
+        if int(envs_per_worker) < 1:
+            raise UserError(f"--envs-per-worker: got {envs_per_worker!r}; expected a positive integer")
         self.spec = WorkerSpec(env_args=env_args, image_keys=tuple(image_keys), proprio_keys=tuple(proprio_keys),
                                horizon=int(horizon) if horizon else None, env_seed=int(env_seed),
-                               faults=tuple(faults))
+                               faults=tuple(faults), envs=int(envs_per_worker))
         self.num_workers = int(workers)
+        self.envs_per_worker = int(envs_per_worker)
         self.expect_image_size = expect_image_size
         self.expect_proprio_dim = expect_proprio_dim
         self.step_timeout, self.start_timeout = float(step_timeout), float(start_timeout)

@@ -1,4 +1,4 @@
-"""Parallel evaluation rollouts: one env per worker process, batched policy inference in the parent.
+"""Parallel evaluation rollouts: envs in worker processes, batched policy inference in the parent.
 
 Design
 ------
@@ -7,10 +7,12 @@ Design
   imports mujoco). Each worker builds its env once (1.5-3 s, ``hard_reset=False``) and then runs any
   number of episodes: the pool is reused across episodes, and the training callback keeps one pool for the
   whole run.
-- Lock step: every iteration the parent gathers the current observation of every worker that has an
-  episode running, runs ONE batched policy call (``policy(obs_batch, episodes) -> actions``) and sends
-  each worker its action through a pipe. Workers that finish an episode get the next one right away
-  (their reset overlaps with the other workers' steps being collected).
+- Act on what is ready: the parent handles every reply that has come, runs ONE batched policy call
+  (``policy(obs_batch, episodes) -> actions``) for every env whose observation is in and sends each its
+  action through its worker's pipe, while the other envs keep stepping. A worker may hold several envs
+  (``envs_per_worker``, stepped in turn in the order their actions arrive): with 2, it steps one env while
+  the parent computes the other's action, so the policy call and the simulator overlap even with one
+  worker. Envs that finish an episode get the next one right away.
 - Episode ``i`` of a run with seed ``S`` starts from seed :func:`~visual_dr3.evaluation.stats.episode_seed`
   ``(S, i)`` (object placement and robot joint noise depend on that alone), whatever the number of workers.
   robosuite also draws some things when it *builds* an env (Lift's cube size is sampled from ``env.rng`` at
@@ -33,11 +35,11 @@ when a :class:`TorchPolicy` is built.
 
 from __future__ import annotations
 
-from visual_dr3.evaluation.lockstep import MAX_ATTEMPTS, EpisodeResult, RolloutError, RolloutRun
+from visual_dr3.evaluation.lockstep import MAX_ATTEMPTS, EpisodeResult, RolloutError, RolloutRun, RunTiming
 from visual_dr3.evaluation.policy import TorchPolicy
 from visual_dr3.evaluation.pool import START_METHOD, RolloutPool
 from visual_dr3.evaluation.workers import (BUSY, DEAD, HAS_OBS, IDLE, PROPRIO_KEY, STARTING, FaultSpec,  # noqa: F401
                                             WorkerSpec, format_exc, _pack_obs)
 
-__all__ = ["EpisodeResult", "FaultSpec", "MAX_ATTEMPTS", "PROPRIO_KEY", "RolloutError", "RolloutPool", "RolloutRun",
+__all__ = ["EpisodeResult", "FaultSpec", "MAX_ATTEMPTS", "PROPRIO_KEY", "RolloutError", "RolloutPool", "RolloutRun", "RunTiming",
            "START_METHOD", "TorchPolicy", "WorkerSpec"]

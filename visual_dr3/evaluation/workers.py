@@ -1,6 +1,6 @@
 """Rollout worker processes: the env loop each worker runs, and the parent's handle on one worker.
 
-A worker (:func:`_worker_main`, started by :class:`_Worker` in a ``spawn`` process) builds its env once from
+A worker (:func:`_worker_main`, started by :class:`_Worker` in a ``spawn`` process) builds its env(s) once from
 a :class:`WorkerSpec`, then answers ``reset``/``step`` messages with packed observations (images as uint8,
 the proprio keys concatenated into one float32 ``"proprio"`` vector) until it is told to close; any failure
 is sent back as one ``("error", message)`` line before it exits. :class:`FaultSpec` is the test hook that
@@ -50,6 +50,7 @@ class WorkerSpec:
     horizon: Optional[int] = None  # overrides env_kwargs["horizon"] when set
     env_seed: int = 0  # seeds env construction (robosuite draws e.g. Lift's cube size then)
     faults: tuple[FaultSpec, ...] = ()
+    envs: int = 1  # envs per worker process, stepped in turn (one steps while the parent acts for the other)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -80,18 +81,70 @@ def _maybe_fault(spec: WorkerSpec, episode: int, attempt: int, step: int) -> Non
             raise RuntimeError(f"injected fault at episode {episode} step {step}")
 
 
+class _RenderClock:
+    """Seconds spent in ``sim.render`` (the camera observations) of one env: the worker reports them apart from
+    the rest of ``env.step`` (physics, controller, other observables), for the benchmark's breakdown."""
+
+    def __init__(self, env):
+        self.seconds = 0.0
+        self.attach(env)
+
+    def attach(self, env) -> None:
+        sim = env.sim
+        if getattr(sim, "_vdr3_render_clock", None) is self:
+            return
+        render = type(sim).render.__get__(sim)
+
+        def timed_render(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return render(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+
+        sim.render = timed_render
+        sim._vdr3_render_clock = self
+
+
+def _activate(env) -> None:
+    """Make ``env``'s offscreen GL context current: robosuite renders into whichever context is current, so a
+    worker holding several envs switches before stepping one."""
+    ctx = getattr(env.sim, "_render_context_offscreen", None)
+    if ctx is not None:
+        ctx.gl_ctx.make_current()
+
+
+@dataclass
+class _LaneState:
+    """Worker-side state of one env of a worker: the episode it runs, the attempt and the step count."""
+
+    env: object
+    clock: _RenderClock
+    episode: int = -1
+    attempt: int = 0
+    t: int = 0
+
+
 def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
-    """Worker loop. Messages in: ``("reset", episode, seed, attempt)``, ``("step", action)``, ``("close",)``.
-    Out: ``("ready", info)`` once, then ``("obs", obs, reward, success, end)`` per reset/step, or
-    ``("error", message)`` after which the worker exits."""
+    """Worker loop over ``spec.envs`` envs ("lanes"). Messages in: ``("reset", lane, episode, seed, attempt)``,
+    ``("step", lane, action)``, ``("close",)``, answered in order. Out: ``("ready", info)`` once, then
+    ``("obs", lane, obs, reward, success, end, (env_seconds, render_seconds))`` per reset/step, or
+    ``("error", message)`` after which the worker exits. With two lanes the worker steps one env while the
+    parent computes the other's action."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
-    env = None
+    lanes: list[_LaneState] = []
     try:
         import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
         from visual_dr3.envs.make import make_env_from_args, reset_env
 
         overrides = {"horizon": int(spec.horizon)} if spec.horizon else {}
-        env = make_env_from_args(spec.env_args, seed=spec.env_seed, **overrides)
+        for _ in range(spec.envs):
+            env = make_env_from_args(spec.env_args, seed=spec.env_seed, **overrides)
+            lanes.append(_LaneState(env=env, clock=_RenderClock(env)))
+        many = len(lanes) > 1
+        env = lanes[0].env
+        if many:
+            _activate(env)
         first = reset_env(env, 0)
         info = {
             "pid": os.getpid(),
@@ -100,9 +153,9 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
             "image_shapes": {k: tuple(np.shape(first[k])) for k in spec.image_keys if k in first},
             "image_dtypes": {k: str(np.asarray(first[k]).dtype) for k in spec.image_keys if k in first},
             "proprio_dim": int(sum(np.size(first[k]) for k in spec.proprio_keys if k in first)),
+            "envs": len(lanes),
         }
         conn.send(("ready", info))
-        episode, attempt, t = -1, 0, 0
         while True:
             try:
                 msg = conn.recv()
@@ -110,30 +163,38 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
                 break  # the parent went away
             if msg[0] == "close":
                 break
-            if msg[0] == "reset":
-                _, episode, seed, attempt = msg
-                t = 0
-                _maybe_fault(spec, episode, attempt, 0)
-                obs = reset_env(env, seed)
-                conn.send(("obs", _pack_obs(obs, spec), 0.0, False, False))
-            elif msg[0] == "step":
-                _maybe_fault(spec, episode, attempt, t + 1)
-                obs, reward, done, _ = env.step(np.asarray(msg[1], dtype=np.float64))
-                t += 1
-                success = bool(env._check_success())
-                end = success or bool(done) or t >= env.horizon
-                conn.send(("obs", _pack_obs(obs, spec), float(reward), success, end))
-            else:
+            if msg[0] not in ("reset", "step"):
                 raise RuntimeError(f"unknown message {msg[0]!r}")
+            lane = lanes[msg[1]]
+            env = lane.env
+            if many:
+                _activate(env)
+            lane.clock.attach(env)
+            r0 = lane.clock.seconds
+            t0 = time.perf_counter()
+            if msg[0] == "reset":
+                _, _, lane.episode, seed, lane.attempt = msg
+                lane.t = 0
+                _maybe_fault(spec, lane.episode, lane.attempt, 0)
+                obs, reward, success, end = reset_env(env, seed), 0.0, False, False
+            else:
+                _maybe_fault(spec, lane.episode, lane.attempt, lane.t + 1)
+                obs, reward, done, _ = env.step(np.asarray(msg[2], dtype=np.float64))
+                lane.t += 1
+                success = bool(env._check_success())
+                end = success or bool(done) or lane.t >= env.horizon
+            render = lane.clock.seconds - r0
+            timing = (time.perf_counter() - t0 - render, render)
+            conn.send(("obs", msg[1], _pack_obs(obs, spec), float(reward), success, end, timing))
     except BaseException as e:  # report anything, then exit: the parent replaces this worker
         try:
             conn.send(("error", format_exc(e)))
         except Exception:
             pass
     finally:
-        if env is not None:
+        for lane in lanes:
             try:
-                env.close()
+                lane.env.close()
             except Exception:
                 pass
         try:
@@ -147,6 +208,7 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 STARTING, IDLE, BUSY, HAS_OBS, DEAD = "starting", "idle", "busy", "has_obs", "dead"
+READY = "ready"  # a worker whose envs are built
 
 
 @dataclass
@@ -164,8 +226,28 @@ class _Episode:
     errors: list = field(default_factory=list)
 
 
+class _Lane:
+    """The parent's view of one env of a worker: its state (``starting`` until the worker is ready, then
+    ``idle``/``busy``/``has_obs``; ``dead`` with its worker), the episode it runs and its last observation."""
+
+    def __init__(self, worker: "_Worker", index: int):
+        self.worker, self.index = worker, index
+        self.state = STARTING
+        self.episode: Optional[_Episode] = None
+        self.obs: Optional[dict] = None
+        self.last_cmd = ""
+        self.sent_at = time.monotonic()
+
+    def send(self, msg) -> None:
+        """Send ``(kind, *args)`` to this lane's env (the worker reads the lane index after the kind)."""
+        self.last_cmd = msg[0]
+        self.worker.conn.send((msg[0], self.index, *msg[1:]))
+        self.sent_at = time.monotonic()
+
+
 class _Worker:
-    """The parent's handle on one worker process: its pipe, state and the episode it is running."""
+    """The parent's handle on one worker process: its pipe, state (``starting``, ``ready``, ``dead``) and its
+    :class:`_Lane` per env."""
 
     def __init__(self, ctx, slot: int, spec: WorkerSpec):
         self.slot = slot
@@ -176,18 +258,13 @@ class _Worker:
         child.close()  # so that the parent sees EOF when the worker dies
         self.state = STARTING
         self.sent_at = time.monotonic()
-        self.episode: Optional[_Episode] = None
-        self.obs: Optional[dict] = None
         self.info: Optional[dict] = None
-        self.last_cmd = ""
-
-    def send(self, msg) -> None:
-        self.last_cmd = msg[0]
-        self.conn.send(msg)
-        self.sent_at = time.monotonic()
+        self.lanes = [_Lane(self, i) for i in range(spec.envs)]
 
     def kill(self) -> None:
         self.state = DEAD
+        for lane in self.lanes:
+            lane.state = DEAD
         try:
             self.conn.close()
         except Exception:

@@ -206,6 +206,8 @@ class TrainConfig:
     """Rollouts per evaluation (split across DDP ranks)."""
     eval_workers: Optional[int] = None
     """Env worker processes per rank for evaluation; None means one per spare core (at most 8)."""
+    eval_envs_per_worker: int = 2
+    """Envs per evaluation worker, stepped in turn: one steps while the policy acts for the other."""
     eval_videos: int = 2
     """Episodes recorded as mp4 at each evaluation (under <output_dir>/eval/videos); 0 records none."""
     eval_horizon: Optional[int] = None
@@ -256,6 +258,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(isinstance(v, int) and v > 0, flag, "a positive integer", v)
     if cfg.eval_horizon is not None:
         need(cfg.eval_horizon > 0, "eval_horizon", "a positive integer (or null)", cfg.eval_horizon)
+    need(cfg.eval_envs_per_worker > 0, "eval_envs_per_worker", "a positive integer", cfg.eval_envs_per_worker)
     if cfg.eval_workers is not None:
         need(cfg.eval_workers > 0, "eval_workers", "a positive integer (or null)", cfg.eval_workers)
     for flag, v in [("eval_every", cfg.eval_every), ("eval_videos", cfg.eval_videos),
