@@ -78,6 +78,8 @@ class Settings:
     """Rollout repetitions after the warm-up run."""
     scaling_batches: list = field(default_factory=list)
     """Batch sizes of the scaling case."""
+    grid_configs: int | None = None
+    """Run only the first N settings of the scaling grid (None: all)."""
 
 
 def settings_for(quick: bool, device: str) -> Settings:
@@ -109,6 +111,10 @@ def run_suite(args) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda: no CUDA device visible; expected --device cpu")
     s = settings_for(args.quick, device)
+    for name in ("reps", "block", "warmup"):
+        if getattr(args, name, None) is not None:
+            setattr(s, name, int(getattr(args, name)))
+    s.grid_configs = getattr(args, "grid_configs", None)
     if not device.startswith("cuda"):
         torch.set_num_threads(os.cpu_count() or 1)
     machine = common.machine_info(device)
@@ -196,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-gib", type=float, default=None,
                    help="memory budget for 'largest dataset that fits' (default: RAM, or GPU memory on cuda)")
     p.add_argument("--scaling-on-cpu", action="store_true", help="run the scaling grid on CPU too (to try it)")
+    p.add_argument("--grid-configs", type=int, default=None, metavar="N",
+                   help="run only the first N settings of the scaling grid (default: all 16; a dry run's 2)")
+    p.add_argument("--reps", type=int, default=None, metavar="N", help="override the timed blocks per figure")
+    p.add_argument("--block", type=int, default=None, metavar="N", help="override the steps per timed block")
+    p.add_argument("--warmup", type=int, default=None, metavar="N", help="override the untimed warm-up steps")
     p.add_argument("--keep", default=None, help="make the data in this folder and keep it")
     return p
 

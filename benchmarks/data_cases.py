@@ -60,13 +60,32 @@ def tile_to(src: Path, dst: Path, episodes: int) -> int:
     return total
 
 
-def measure_load(path: Path, device: str) -> dict:
-    """Load ``path`` into a resident replay in a fresh process; seconds, bytes, peak RSS (and GPU memory)."""
+def drop_from_page_cache(path: Path) -> bool:
+    """Ask the kernel to forget ``path``'s cached pages (written out first), so that the next read comes from
+    the disk; True when it could be asked (Linux ``posix_fadvise``; no root needed for a file we own)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    finally:
+        os.close(fd)
+
+
+def measure_load(path: Path, device: str, cold: bool = True) -> dict:
+    """Load ``path`` into a resident replay in a fresh process; seconds, bytes, peak RSS (and GPU memory).
+    ``cold``: the file's pages are dropped from the page cache first (a first load after a reboot or on a
+    fresh node; the file was just written, so a warm load would read memory, not the disk)."""
+    dropped = drop_from_page_cache(path) if cold else False
     out = subprocess.run([sys.executable, "-m", "benchmarks.data_cases", "--load", str(path), "--device", device],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"load subprocess failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["cold"] = dropped
+    return res
 
 
 def _rss(field: str) -> int:
@@ -122,9 +141,11 @@ def memory_and_load(src: Path, s, device: str, budget_gib: float | None) -> list
     ratio = per_transition / m["raw_step_bytes"]
     note = (f"100 episodes, {transitions:,} transitions, {m['frames']:,} frames, file "
             f"{m['file_bytes'] / 2**20:.0f} MiB")
+    cache = ("page cache dropped before each load (posix_fadvise): read from disk" if all(x["cold"] for x in loads)
+             else "page cache NOT dropped (no posix_fadvise): a warm-cache figure")
     rows = [
         Row("datagen", "load time of a 100-episode file (gzip -> resident uint8)", secs.median, "s", secs.spread,
-            note=note, reps=len(loads), samples=secs.samples),
+            note=f"{note}; {cache}", reps=len(loads), samples=secs.samples),
         Row("memory", "resident bytes per transition / raw image bytes of one step", ratio, "x", None, "<= 1.1",
             ratio <= 1.1, note=f"{per_transition:,.0f} B vs {m['raw_step_bytes']:,} B", reps=1),
         Row("memory", "resident replay, 100 episodes", m["nbytes"] / 2**20, "MiB", note=note, reps=1),

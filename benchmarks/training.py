@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks.common import Row, Timing, cuda_sync_for, judge, ratio_row, skipped, timing_row
+from visual_dr3.errors import say
 from visual_dr3.learner.config import TrainConfig, to_dict
 
 
@@ -68,16 +69,28 @@ def pipeline_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, device: 
     return Timing(timer.rates[:reps])
 
 
-def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, device: str) -> Timing:
-    """Steps/s of the same update on one batch that is sampled and augmented once (the compute-only bound).
+#: dense peak FLOP/s by GPU name (NVIDIA data sheets, SXM parts): bf16 tensor cores, and the fp32 runs' TF32
+#: (train.run sets float32 matmul precision "high"). The FLOPs counted are the matmuls' and convolutions'
+#: (2 per multiply-add); elementwise work is left out, as in the usual MFU.
+PEAK_FLOPS = {"H100": {"bf16-mixed": 989.4e12, "32-true": 494.7e12},
+              "H200": {"bf16-mixed": 989.4e12, "32-true": 494.7e12},
+              "A100": {"bf16-mixed": 312e12, "32-true": 156e12}}
 
-    Each step is ``DR3CQL.training_step`` without Lightning: ``backward_step`` (forward, backward, guarded
-    gradient norms, clipping) and ``optimizer_step`` (Adam, Polyak); only sampling and augmentation are gone.
-    """
+
+def peak_flops(device: str, precision: str) -> Optional[float]:
+    """The device's dense peak FLOP/s at ``precision``, or None (CPU, or a GPU not in :data:`PEAK_FLOPS`)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v.get(precision) for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _module_and_batch(cfg: TrainConfig, device: str):
+    """(module, optimizers, batch, generator) of one update on ``device``, as the training step sees them."""
+    from visual_dr3.app.dataset import peek_dataset
     from visual_dr3.envs.tasks import get_task
     from visual_dr3.learner.datamodule import ReplayDataModule, augment_batch
     from visual_dr3.learner.module import DR3CQL
-    from visual_dr3.app.dataset import peek_dataset
 
     task = get_task(cfg.task)
     info = peek_dataset(Path(cfg.dataset), task.image_keys, task.proprio_keys)
@@ -85,15 +98,42 @@ def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, devic
     dev = torch.device(device)
     module = DR3CQL(to_dict(cfg), list(task.image_keys), list(task.proprio_keys), info["proprio_dim"],
                     info["image_size"], task.action_dim).to(dev)
-    if cfg.compile:
-        module.encoder.compile()
-        module.q.compile()
     opt = module.configure_optimizers()
     dm = ReplayDataModule(cfg, cfg.dataset, list(task.image_keys), list(task.proprio_keys), task.action_dim)
     dm.setup()
     dm.replay = dm.replay.to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     batch = augment_batch(dm.replay.sample(cfg.batch_size, gen), cfg.data.augment_pad, gen)
+    return module, opt, batch, gen
+
+
+def update_flops(cfg: TrainConfig, device: str) -> float:
+    """FLOPs of one training update (forward and backward of critic, actor and temperature), counted by
+    ``torch.utils.flop_counter`` on one step of the real update (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module, opt, batch, gen = _module_and_batch(cfg, device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        module.backward_step(batch, 10_000, opt, gen, lambda loss: loss.backward())
+    return float(counter.get_total_flops())
+
+
+def fixed_batch_rate(cfg: TrainConfig, warmup: int, block: int, reps: int, device: str) -> Timing:
+    """Steps/s of the same update on one batch that is sampled and augmented once (the compute-only bound).
+
+    Each step is ``DR3CQL.training_step`` without Lightning: ``backward_step`` (forward, backward, guarded
+    gradient norms, clipping) and ``optimizer_step`` (Adam, Polyak); only sampling and augmentation are gone.
+    """
+    from visual_dr3.app.train import apply_compute_settings
+
+    apply_compute_settings(cfg)  # as train.run does: not inherited from whatever ran before in this process
+    torch.backends.cudnn.benchmark = False  # Lightning's default when the Trainer is not told
+    module, opt, batch, gen = _module_and_batch(cfg, device)
+    dev = torch.device(device)
+    if cfg.compile:
+        module.encoder.compile()
+        module.q.compile()
     autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16-mixed"
                 else torch.autocast(dev.type, enabled=False))
     sync = cuda_sync_for(device)
@@ -144,17 +184,24 @@ def scaling(dataset: str, s, device: str, force_cpu: bool = False) -> list[Row]:
     on_gpu = torch.device(device).type == "cuda"
     precisions = ["32-true", "bf16-mixed"]
     compiles = [False, True] if (on_gpu or not s.quick) else [False]
-    for batch in s.scaling_batches:
-        for encoder in ("drq", "resnet18"):
-            for precision in precisions:
-                for comp in compiles:
-                    cfg = train_config(dataset, "", batch, 0, device, encoder=encoder, precision=precision,
-                                       compile=comp)
-                    t = pipeline_rate(cfg, s.warmup + (3 if comp else 0), s.block, s.reps, device)
-                    name = (f"train.py steps/s, batch {batch}, {encoder}, {precision}, "
-                            f"compile {'on' if comp else 'off'}")
-                    row = timing_row("scaling", name, t, "steps/s", note=f"{batch * t.median:,.0f} samples/s")
-                    rows.append(row)
+    grid = [(b, e, p, c) for b in s.scaling_batches for e in ("drq", "resnet18") for p in precisions for c in compiles]
+    flops_of: dict = {}
+    for batch, encoder, precision, comp in grid[:getattr(s, "grid_configs", None)]:
+        if (batch, encoder) not in flops_of:
+            flops_of[batch, encoder] = update_flops(train_config(dataset, "", batch, 0, device,
+                                                                 encoder=encoder), device)
+        flops, peak = flops_of[batch, encoder], peak_flops(device, precision)
+        cfg = train_config(dataset, "", batch, 0, device, encoder=encoder, precision=precision,
+                           compile=comp)
+        t = pipeline_rate(cfg, s.warmup + (3 if comp else 0), s.block, s.reps, device)
+        name = (f"train.py steps/s, batch {batch}, {encoder}, {precision}, "
+                f"compile {'on' if comp else 'off'}")
+        mfu = (f"MFU {100 * flops * t.median / peak:.1f}%" if peak else "MFU - (no peak known for "
+               f"{'this GPU' if torch.device(device).type == 'cuda' else 'a CPU'})")
+        row = timing_row("scaling", name, t, "steps/s",
+                         note=f"{batch * t.median:,.0f} samples/s; {flops / 1e9:,.1f} GFLOP/update; {mfu}")
+        rows.append(row)
+        say(f"[scaling] {name}: {t.median:.3g} steps/s; {row.note}")  # seen even if the grid is cut short
     if on_gpu:
         rows.append(skipped("scaling", "DDP efficiency", f"{torch.cuda.device_count()} GPU visible")
                     if torch.cuda.device_count() < 2 else ddp_efficiency(dataset, s, device))

@@ -6,6 +6,7 @@ with a target says whether it is met, the printed table is the JSON's table, and
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ EXPECTED_CASES = {"datagen", "memory", "pipeline", "dr3", "robomimic", "rollouts
 TARGET_ROWS = {  # (case, start of the measure) of every row that carries a target
     ("pipeline", "pipeline efficiency"),
     ("robomimic", "ours / robomimic matched"),
+    ("robomimic", "ours / robomimic default"),
     ("dr3", "time per step, DR3 on (encoder) / off"),
     ("dr3", "time per step, DR3 on (penultimate) / off"),
     ("memory", "resident bytes per transition"),
@@ -96,3 +98,35 @@ def test_a_target_inside_the_spread_is_within_noise_not_met():
     assert row.noisy and row.met is None and row.value == pytest.approx(2.1)
     row = target_row("x", "scaling", Timing([0.95, 0.97, 0.96]), 0.9)
     assert (row.met, row.noisy, row.samples) == (True, False, [0.95, 0.97, 0.96])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu_runs_every_step_and_writes_one_json_and_one_table(tmp_path):
+    out = tmp_path / "gc"
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "gpu_check.json").read_text())
+    steps = {s["name"]: s for s in res["steps"]}
+    assert list(steps) == ["cuda_tests", "grid", "train_eval"] and all(s["status"] == "ok" for s in steps.values())
+    assert res["dry"] is True and res["machine"]["gpu"] is None
+    # the cuda-marked tests were selected (and skipped: no GPU here), nothing else ran
+    assert steps["cuda_tests"]["figures"].get("skipped", 0) >= 3 and "passed" not in steps["cuda_tests"]["figures"]
+    rows = steps["grid"]["figures"]["rows"]
+    assert len(rows) == 1 and rows[0]["value"] > 0 and "GFLOP/update" in rows[0]["note"] and "MFU" in rows[0]["note"]
+    f = steps["train_eval"]["figures"]
+    assert f["train_steps_per_s"] > 0 and re.fullmatch(r"\d+/2", f["success"]) and f["eval_env_steps_per_s"] > 0
+    table = (out / "gpu_check.md").read_text()
+    assert table in proc.stdout and table.count("\n| ") == 5  # header, 3 steps, 1 grid figure
+    for name in ("cuda_tests", "grid", "train_eval"):
+        assert (out / f"{name}.log").is_file()
+
+
+def test_gpu_check_refuses_to_run_for_real_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    from benchmarks.gpu_check import main
+
+    assert main(["--out", str(tmp_path)]) == 2

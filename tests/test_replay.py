@@ -484,6 +484,7 @@ def test_generator_on_other_device_is_refused(tmp_path):
         rb.sample(4, torch.Generator(device="cuda"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_resident(tmp_path):
     path = write_file(tmp_path / "a.hdf5", LENGTHS, SUCCESS, next_obs=True)

@@ -102,12 +102,22 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
         use_distributed_sampler=False, benchmark=not cfg.deterministic, plugins=[AtomicCheckpointIO()])
 
 
+def apply_compute_settings(cfg) -> None:
+    """The process-wide compute settings of a training run: TF32 matmuls (float32 precision "high"), and on a
+    CPU one thread per core this process owns (``OMP_NUM_THREADS``, when set, rules). The benchmarks' compute-only
+    bound applies the same, so that its figure does not depend on what ran before it in the process."""
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.devices)))
+
+
 def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=None) -> dict:
     """Train one run; returns the summary dict (also printed by :func:`main`)."""
     import logging
 
     import lightning as L
-    import torch
 
     from visual_dr3.checkpoint import check_resume_compatible
     from visual_dr3.envs.tasks import get_task
@@ -137,9 +147,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
     if rank() == 0:
         write_text_atomic(out / "config.yaml", dump_yaml(cfg))
 
-    torch.set_float32_matmul_precision("high")
-    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # OMP_NUM_THREADS, when set, rules
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.devices)))
+    apply_compute_settings(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = DR3CQL(to_dict(cfg), image_keys=image_keys, proprio_keys=proprio_keys,
                     proprio_dim=info["proprio_dim"], image_size=info["image_size"], action_dim=task.action_dim,
