@@ -10,6 +10,7 @@ Cases (each after a warm-up, several repetitions; median and spread = (max - min
   robomimic  our steps/s over robomimic 0.3.0 CQL's (matched encoder; and its default image config)
   rollouts   evaluation env steps/s (1 worker, one per core; 1 and 2 envs per worker) vs a plain robosuite env
              (defaults) and a like-for-like serial loop (our render settings), with each figure's breakdown
+  grasp      time to a grasping policy: train.py --task lift (cpu preset) from an empty data/ to >= 50% success
   scaling    (GPU) batch 256/1024 x drq/resnet18 x fp32/bf16 x compile off/on; DDP efficiency with >1 GPU
 
 It prints the machine, then one table (markdown, as pasted into BENCHMARKS.md), and writes everything to
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from visual_dr3.errors import say
 
-CASES = ("datagen", "memory", "pipeline", "dr3", "robomimic", "rollouts", "scaling")
+CASES = ("datagen", "memory", "pipeline", "dr3", "robomimic", "rollouts", "grasp", "scaling")
 
 
 @dataclass
@@ -158,6 +159,10 @@ def run_suite(args) -> dict:
                     from benchmarks.rollouts import rollouts
 
                     rows += rollouts(s)
+                elif case == "grasp":
+                    from benchmarks.time_to_grasp import time_to_grasp
+
+                    rows += time_to_grasp(s)
                 elif case == "scaling":
                     from benchmarks.training import scaling
 

@@ -13,6 +13,14 @@ from visual_dr3.errors import UserError, say
 from visual_dr3.learner.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: environment variable naming the folder that holds the generated default datasets' ``data/`` (default: the
+#: repository), e.g. a scratch disk on a cluster, or an empty folder to time a run from nothing
+DATA_ROOT_ENV = "VISUAL_DR3_DATA_ROOT"
+
+
+def data_root() -> Path:
+    """The folder whose ``data/`` holds the default datasets: ``$VISUAL_DR3_DATA_ROOT``, else the repository."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT)
 
 
 def rank(local: bool = False) -> int:
@@ -82,7 +90,7 @@ def resolve_dataset(cfg: TrainConfig, task) -> Path:
 
     kind = cfg.data.kind or task.default_kind
     episodes = cfg.data.episodes or task.default_episodes
-    path = REPO_ROOT / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
+    path = data_root() / default_dataset_path(task.name, kind, episodes, cfg.data.image_size)
     stale = path.is_file() and made_by_older_script(path)
     if path.is_file() and not stale:
         return path
