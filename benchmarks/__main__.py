@@ -98,7 +98,7 @@ def settings_for(quick: bool, device: str) -> Settings:
                         scaling_batches=[256, 1024])
     return Settings(False, image_size=84, batch=256, robomimic_batch=32, warmup=2, block=3, reps=3,
                     rm_default_batch=8, rm_default_warmup=1, rm_default_block=1, gen_episodes=10, gen_workers=cores, gen_horizon=None, load_reps=3,
-                    eval_image_size=84, eval_horizon=100, eval_episodes=2, eval_reps=3, scaling_batches=[32, 64])
+                    eval_image_size=84, eval_horizon=100, eval_episodes=2 * cores, eval_reps=3, scaling_batches=[32, 64])
 
 
 def run_suite(args) -> dict:
