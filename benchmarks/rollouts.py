@@ -88,23 +88,16 @@ def pool_rate(task, env_args, policy, workers: int, envs: int, s) -> tuple[Timin
     return Timing(rates), parts
 
 
-class _SerialTiming:
-    """The serial loop's counterpart of :class:`RunTiming`."""
-
-    def __init__(self):
-        self.env_seconds = self.render_seconds = self.policy_seconds = 0.0
-        self.calls = 0
-
-
 def serial_rate(task, policy, env, s) -> tuple[Timing, Breakdown]:
     """Episodes stepped one after the other in ``env`` (one process), the policy called once per step."""
     from visual_dr3.data.replay import PROPRIO_KEY
+    from visual_dr3.evaluation.lockstep import RunTiming
     from visual_dr3.evaluation.workers import _RenderClock
 
     clock = _RenderClock(env)
 
-    def episodes(r: int) -> tuple[int, float, _SerialTiming]:
-        t = _SerialTiming()
+    def episodes(r: int) -> tuple[int, float, RunTiming]:
+        t = RunTiming()
         t0 = time.perf_counter()
         steps = 0
         for e in range(s.eval_episodes):
@@ -119,6 +112,7 @@ def serial_rate(task, policy, env, s) -> tuple[Timing, Breakdown]:
                 action = policy(batch, [e])[0].astype(np.float64)
                 t.policy_seconds += time.perf_counter() - tp
                 t.calls += 1
+                t.rows += 1
                 r0, te = clock.seconds, time.perf_counter()
                 obs, _, done, _ = env.step(action)
                 render = clock.seconds - r0

@@ -47,8 +47,9 @@ def time_to_grasp(s, task: str = "lift", limit_s: float = 3600) -> list[Row]:
                     if f.name in seen:
                         continue
                     seen.add(f.name)
-                    summ = json.loads(f.read_text())["summary"]
-                    rec = (json.loads(f.read_text())["step"], summ["successes"], summ["episodes"])
+                    doc = json.loads(f.read_text())
+                    summ = doc["summary"]
+                    rec = (doc["step"], summ["successes"], summ["episodes"])
                     if t_first is None:
                         t_first, first = now, rec
                     if summ["success_rate"] >= TARGET:

@@ -501,6 +501,13 @@ def test_a_dead_worker_retries_the_episodes_of_both_its_envs():
     assert [(r.length, r.success) for r in run.results] == [(r.length, r.success) for r in base.results]
 
 
+def test_envs_per_worker_never_builds_an_env_without_an_episode():
+    from visual_dr3.evaluation.pool import envs_for
+
+    assert [envs_for(e, w, 2) for e, w in [(5, 2), (4, 2), (3, 2), (2, 2), (1, 1), (50, 2)]] == [2, 2, 2, 1, 1, 2]
+    assert envs_for(10, 1, 1) == 1 and envs_for(10, 1, 4) == 4 and envs_for(3, 1, 4) == 3
+
+
 def test_envs_per_worker_has_one_default_everywhere():
     import inspect
 

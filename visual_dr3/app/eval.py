@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from visual_dr3.errors import OneLineParser, UserError, cli_entry, say
 from visual_dr3.evaluation.evaluate import WEIGHTS, evaluate_checkpoint
+from visual_dr3.evaluation.pool import ENVS_PER_WORKER
 
 
 def _int_arg(flag: str, minimum: int):
@@ -36,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_int_arg("--episodes", 1), default=20, help="episodes to run (default 20)")
     p.add_argument("--workers", type=_int_arg("--workers", 1), default=1,
                    help="env worker processes, one env each (default 1; about one per free CPU core)")
-    p.add_argument("--envs-per-worker", type=_int_arg("--envs-per-worker", 1), default=2,
-                   help="envs per worker, stepped in turn: one steps while the policy acts for the other (default 2)")
+    p.add_argument("--envs-per-worker", type=_int_arg("--envs-per-worker", 1), default=ENVS_PER_WORKER,
+                   help="envs per worker, stepped in turn: one steps while the policy acts for the other "
+                        f"(default {ENVS_PER_WORKER})")
     p.add_argument("--seed", type=_int_arg("--seed", 0), default=0,
                    help="run seed: episode i starts from a seed derived from (seed, i) (default 0)")
     p.add_argument("--deterministic", action="store_true",

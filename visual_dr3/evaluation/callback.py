@@ -51,7 +51,7 @@ from visual_dr3.checkpoint import resolve_env_args
 from visual_dr3.errors import UserError, say
 from visual_dr3.evaluation.lockstep import EpisodeResult
 from visual_dr3.evaluation.policy import TorchPolicy
-from visual_dr3.evaluation.pool import RolloutPool
+from visual_dr3.evaluation.pool import ENVS_PER_WORKER, RolloutPool, envs_for
 from visual_dr3.evaluation.stats import env_seed_for, episode_seed, rank_episodes, summarize
 from visual_dr3.evaluation.workers import format_exc
 from visual_dr3.fileio import write_json_atomic
@@ -83,7 +83,7 @@ class EvalCallback(Callback):
                  video_dir: "str | os.PathLike | None" = None, video_episodes: int = 2,
                  output_dir: "str | os.PathLike | None" = None, deterministic: bool = True,
                  horizon: Optional[int] = None, save_best: bool = True, eval_at_end: bool = True,
-                 progress: bool = False, faults: Sequence = (), envs_per_worker: int = 2):
+                 progress: bool = False, faults: Sequence = (), envs_per_worker: int = ENVS_PER_WORKER):
         super().__init__()
         for name, v, lo in (("every_n_steps", every_n_steps, 1), ("episodes", episodes, 1), ("workers", workers, 1),
                             ("seed", seed, 0), ("video_episodes", video_episodes, 0),
@@ -176,8 +176,8 @@ class EvalCallback(Callback):
                                      expect_image_size=int(hp["image_size"]),
                                      expect_proprio_dim=int(hp.get("proprio_dim") or 0) or None,
                                      faults=self.faults, warn=say,
-                                     envs_per_worker=max(1, min(self.envs_per_worker,
-                                                                -(-n_episodes // max(1, min(self.workers, n_episodes))))))
+                                     envs_per_worker=envs_for(n_episodes, min(self.workers, n_episodes),
+                                                              self.envs_per_worker))
         return self._pool
 
     def _run_local(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict:
@@ -317,4 +317,4 @@ def make_eval_callback(cfg, output_dir: "str | os.PathLike") -> Optional[EvalCal
                         video_dir=(out / "eval" / "videos") if videos > 0 else None, video_episodes=videos,
                         output_dir=out, deterministic=bool(getattr(cfg, "eval_deterministic", True)),
                         horizon=getattr(cfg, "eval_horizon", None),
-                        envs_per_worker=int(getattr(cfg, "eval_envs_per_worker", 2)))
+                        envs_per_worker=int(getattr(cfg, "eval_envs_per_worker", ENVS_PER_WORKER)))

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 from visual_dr3.checkpoint import META_KEY, load_policy, read_checkpoint, resolve_device, resolve_env_args
 from visual_dr3.errors import UserError, say
+from visual_dr3.evaluation.pool import ENVS_PER_WORKER, envs_for
 from visual_dr3.fileio import ensure_writable_dir, write_json_atomic
 
 #: which weights act: ``auto`` (the moving average when the checkpoint has one), ``trained``, ``ema``
@@ -31,7 +32,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
                         deterministic: bool = False, device: str = "auto", video_dir=None,
                         video_episodes: int = 5, horizon: Optional[int] = None, json_out=None,
                         progress: bool = True, faults: Sequence = (), warn=None, weights: str = "auto",
-                        envs_per_worker: int = 2) -> dict:
+                        envs_per_worker: int = ENVS_PER_WORKER) -> dict:
     """Evaluate a checkpoint: returns the report (``summary`` + per-episode ``records``), also written to
     ``json_out`` when given. See :func:`main` for the arguments."""
     import torch
@@ -62,7 +63,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
     if video_dir is not None:
         ensure_writable_dir(Path(video_dir), "--video")
     workers = min(int(workers), int(episodes))
-    envs_per_worker = min(int(envs_per_worker), -(-int(episodes) // workers))  # no env without an episode
+    envs_per_worker = envs_for(episodes, workers, envs_per_worker)
     pool_kw = dict(env_seed=env_seed_for(int(seed)), expect_image_size=int(meta["image_size"]),
                    expect_proprio_dim=int(ckpt["hyper_parameters"].get("proprio_dim", 0)) or None,
                    faults=tuple(faults))

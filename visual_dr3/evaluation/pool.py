@@ -24,6 +24,12 @@ START_METHOD = "spawn"
 ENVS_PER_WORKER = 2
 
 
+def envs_for(episodes: int, workers: int, envs_per_worker: int) -> int:
+    """Envs per worker for a run of ``episodes`` on ``workers`` workers: at most ``envs_per_worker``, and no
+    more than the episodes can keep busy (no env is built without an episode)."""
+    return max(1, min(int(envs_per_worker), -(-int(episodes) // max(1, int(workers)))))
+
+
 class RolloutPool:
     """``workers`` env processes; :meth:`run` evaluates a policy on a list of episode indices.
 
