@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from experiments.plan import (CONFIG_DIR, REPO_ROOT, TRAIN_PY, DatasetSpec, RunSpec, Scale,  # noqa: F401
+from experiments.plan import (CONFIG_DIR, KL_COEF, REPO_ROOT, TRAIN_PY, DatasetSpec, RunSpec, Scale,  # noqa: F401
                               add_task_and_kind, base_parser, check_args, fmt_coef, resolve_scale, roots,
                               train_args)
 from experiments.reports import ReportSpec, build_reports, write_index  # noqa: F401

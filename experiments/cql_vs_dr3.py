@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/cql_vs_dr3.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
-                                fmt_coef, main_flow, resolve_scale, roots, train_args)
+from experiments.common import (CONFIG_DIR, KL_COEF, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser,
+                                check_args, fmt_coef, main_flow, resolve_scale, roots, train_args)
 
 EXPERIMENT = "cql_vs_dr3"
 TITLE = "CQL vs CQL+DR3"
@@ -68,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["cql", "dr3"],
                    help="conditions (default cql dr3; dr3_pen / dr3_both = DR3 on the penultimate layer / on both; "
                         "kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
-    p.add_argument("--kl-coef", type=float, default=0.1,
-                   help="lambda of the kl and dr3_kl conditions (train.py --kl.coef; default 0.1)")
+    p.add_argument("--kl-coef", type=float, default=KL_COEF,
+                   help=f"lambda of the kl and dr3_kl conditions (train.py --kl.coef; default {KL_COEF:g})")
     return p
 
 
-def conditions(dr3_coef: float, kl_coef: float = 0.1,
+def conditions(dr3_coef: float, kl_coef: float = KL_COEF,
                names: Sequence[str] = ("cql", "dr3")) -> dict[str, tuple[str, ...]]:
     """condition -> its train.py flags, for the conditions ``names``."""
     c0, lam = fmt_coef(dr3_coef), fmt_coef(kl_coef)

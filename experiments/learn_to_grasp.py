@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/learn_to_grasp.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
-                                fmt_coef, main_flow, resolve_scale, roots, train_args)
+from experiments.common import (CONFIG_DIR, KL_COEF, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser,
+                                check_args, fmt_coef, main_flow, resolve_scale, roots, train_args)
 
 EXPERIMENT = "learn_to_grasp"
 TITLE = "Learning to grasp: BC vs CQL vs CQL+DR3"
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset kinds (default expert)")
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(DEFAULT_CONDITIONS),
                    help="methods (default bc cql dr3; kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
-    p.add_argument("--kl-coef", type=float, default=0.1,
-                   help="lambda of the kl and dr3_kl conditions (train.py --kl.coef; default 0.1)")
+    p.add_argument("--kl-coef", type=float, default=KL_COEF,
+                   help=f"lambda of the kl and dr3_kl conditions (train.py --kl.coef; default {KL_COEF:g})")
     return p
 
 

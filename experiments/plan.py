@@ -21,6 +21,10 @@ from typing import Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO_ROOT / "train.py"
 CONFIG_DIR = REPO_ROOT / "configs" / "experiments"
+#: lambda of the studies' kl and dr3_kl conditions: the value measured on mixed lift with the imitation-trained actor
+#: encoder (tuning seed 4, CQL+DR3: 15 -> 7/50 after the warm-up without KL, 15 -> 31/50 with lambda 1.0;
+#: reports/learn_to_grasp/cpu_mixed_v3/tuning_actor/)
+KL_COEF = 1.0
 
 
 # --------------------------------------------------------------------------------------------------

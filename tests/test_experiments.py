@@ -61,7 +61,7 @@ def test_kl_conditions_set_the_kl_weight_beside_cql_and_dr3(monkeypatch):
                    "kl", "dr3_kl")
     got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs}
     assert {c: (cfg.dr3.coef, cfg.kl.coef) for c, cfg in got.items()} == {
-        "cql": (0.0, 0.0), "dr3": (0.01, 0.0), "kl": (0.0, 0.1), "dr3_kl": (0.01, 0.1)}
+        "cql": (0.0, 0.0), "dr3": (0.01, 0.0), "kl": (0.0, 1.0), "dr3_kl": (0.01, 1.0)}
     assert [r.out_dir.name for r in runs] == ["cql_s0", "dr3_s0", "kl_s0", "dr3_kl_s0"]
 
 
@@ -383,7 +383,7 @@ def test_cql_vs_dr3_recipe_scale_runs_the_preset_with_every_dr3_layer(monkeypatc
     got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs if r.seed == 2}
     assert {c: (cfg.dr3.coef, cfg.dr3.features, cfg.kl.coef) for c, cfg in got.items()} == {
         "cql": (0.0, "encoder", 0.0), "dr3": (0.01, "encoder", 0.0), "dr3_pen": (0.01, "penultimate", 0.0),
-        "dr3_both": (0.01, "both", 0.0), "dr3_kl": (0.01, "encoder", 0.1)}
+        "dr3_both": (0.01, "both", 0.0), "dr3_kl": (0.01, "encoder", 1.0)}
     # the preset's recipe (its warm-up, backup, steps) with the imitation-trained actor encoder on every run
     for cfg in got.values():
         assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.algo.backup, cfg.max_steps, cfg.eval_episodes) \
