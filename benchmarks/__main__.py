@@ -79,6 +79,8 @@ class Settings:
     """Rollout repetitions after the warm-up run."""
     scaling_batches: list = field(default_factory=list)
     """Batch sizes of the scaling case."""
+    eval_more_sizes: list = field(default_factory=list)
+    """Further image sizes of the rollout case, each with its own rows (on CPU: the cpu preset's 48x48)."""
     grid_configs: int | None = None
     """Run only the first N settings of the scaling grid (None: all)."""
 
@@ -98,7 +100,8 @@ def settings_for(quick: bool, device: str) -> Settings:
                         scaling_batches=[256, 1024])
     return Settings(False, image_size=84, batch=256, robomimic_batch=32, warmup=2, block=3, reps=3,
                     rm_default_batch=8, rm_default_warmup=1, rm_default_block=1, gen_episodes=10, gen_workers=cores, gen_horizon=None, load_reps=3,
-                    eval_image_size=84, eval_horizon=100, eval_episodes=2 * cores, eval_reps=3, scaling_batches=[32, 64])
+                    eval_image_size=84, eval_horizon=100, eval_episodes=2 * cores, eval_reps=3, scaling_batches=[32, 64],
+                    eval_more_sizes=[48])
 
 
 def run_suite(args) -> dict:

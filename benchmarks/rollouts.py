@@ -19,6 +19,7 @@ loops' first episodes are the warm-up; each repetition is a run of ``episodes`` 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -156,6 +157,14 @@ def our_env(env_args, s):
 
 
 def rollouts(s) -> list[Row]:
+    """The rows at ``s.eval_image_size``, then at each of ``s.eval_more_sizes``."""
+    rows = []
+    for size in [s.eval_image_size, *s.eval_more_sizes]:
+        rows += rollouts_at(dataclasses.replace(s, eval_image_size=size))
+    return rows
+
+
+def rollouts_at(s) -> list[Row]:
     from visual_dr3.envs.tasks import get_task
 
     task = get_task("lift")
@@ -171,24 +180,25 @@ def rollouts(s) -> list[Row]:
         all2, all2_parts = pool_rate(task, env_args, policy, cores, 2, s) if cores > 1 else (one2, one2_parts)
     finally:
         torch.set_num_threads(threads)
+    px = f"{s.eval_image_size}px"
     tag = (f"lift, 2 cams {s.eval_image_size}x{s.eval_image_size}, horizon {s.eval_horizon}, "
            f"{s.eval_episodes} episodes per rep")
     scaling = Timing([a / (cores * b) for a, b in zip(all2.samples, one2.samples)])
     return [
         timing_row("rollouts", f"plain robosuite env (defaults), serial, policy per step ({tag})", plain, "steps/s",
                    note=plain_parts.note()),
-        timing_row("rollouts", "like-for-like loop: env built as ours (our render settings), serial, same policy",
-                   like, "steps/s", note=like_parts.note()),
-        timing_row("rollouts", "ours, 1 worker, 1 env", one1, "steps/s", note=one1_parts.note()),
-        timing_row("rollouts", "ours, 1 worker, 2 envs (the default)", one2, "steps/s", note=one2_parts.note()),
-        timing_row("rollouts", f"ours, {cores} workers (one per core), 2 envs each", all2, "steps/s",
+        timing_row("rollouts", f"{px} like-for-like loop: env built as ours (our render settings), serial, same "
+                   "policy", like, "steps/s", note=like_parts.note()),
+        timing_row("rollouts", f"{px} ours, 1 worker, 1 env", one1, "steps/s", note=one1_parts.note()),
+        timing_row("rollouts", f"{px} ours, 1 worker, 2 envs (the default)", one2, "steps/s", note=one2_parts.note()),
+        timing_row("rollouts", f"{px} ours, {cores} workers (one per core), 2 envs each", all2, "steps/s",
                    note=all2_parts.note()),
-        ratio_row("rollouts", "per worker: ours 1 worker (2 envs) / plain env", one2, plain, target=3.0,
+        ratio_row("rollouts", f"{px} per worker: ours 1 worker (2 envs) / plain env", one2, plain, target=3.0,
                   note="both one process stepping envs; ours: the policy in a second process"),
-        ratio_row("rollouts", f"ours {cores} workers / like-for-like serial loop", all2, like, target=1.5,
+        ratio_row("rollouts", f"{px} ours {cores} workers / like-for-like serial loop", all2, like, target=1.5,
                   note=f"what the pool gives over a loop on the same env: {cores} worker processes vs 1"),
-        ratio_row("rollouts", "2 envs per worker / 1 env (1 worker)", one2, one1,
+        ratio_row("rollouts", f"{px} 2 envs per worker / 1 env (1 worker)", one2, one1,
                   note="the policy call overlapping the other env's step"),
-        target_row("rollouts", f"worker scaling: {cores} workers / ({cores} x 1 worker), 2 envs each", scaling, 0.9,
-                   note="near-linear = 1.0"),
+        target_row("rollouts", f"{px} worker scaling: {cores} workers / ({cores} x 1 worker), 2 envs each", scaling,
+                   0.9, note="near-linear = 1.0"),
     ]

@@ -23,9 +23,9 @@ TARGET_ROWS = {  # (case, start of the measure) of every row that carries a targ
     ("dr3", "time per step, DR3 on (encoder) / off"),
     ("dr3", "time per step, DR3 on (penultimate) / off"),
     ("memory", "resident bytes per transition"),
-    ("rollouts", "per worker"),
-    ("rollouts", "ours "),  # ours N workers / like-for-like serial loop
-    ("rollouts", "worker scaling"),
+    ("rollouts", "32px per worker"),  # the quick settings' image size
+    ("rollouts", "32px ours "),  # ours N workers / like-for-like serial loop
+    ("rollouts", "32px worker scaling"),
 }
 
 
