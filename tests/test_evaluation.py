@@ -255,38 +255,6 @@ def test_resume_checkpoint_must_match_the_networks(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# gathering observations for one policy call
-# ---------------------------------------------------------------------------------------------------------
-
-def test_gather_slack_waits_for_a_reply_due_before_the_call_must_start():
-    from visual_dr3.evaluation.lockstep import gather_slack
-
-    # worker A began its other env's step at t=10.000 (20 ms a step), B at t=10.005 with 2 queued (30 ms each):
-    # A is done at 10.020, B at 10.065; the call (8 ms, x1.5) plus 1 ms must start by 10.020 - 0.013 = 10.007
-    waiting = [(1, 10.000, 0.020), (2, 10.005, 0.030)]
-    replies = [10.020, 10.006]  # A's next reply, and a third worker's due at 10.006
-    assert gather_slack(10.002, waiting, replies, 0.008) == pytest.approx(0.005, abs=1e-12)
-    assert gather_slack(10.002, waiting, replies, 0.008, safety=1.0, margin=0.0) == pytest.approx(0.010, abs=1e-12)
-    assert gather_slack(10.010, waiting, replies, 0.008) == pytest.approx(-0.003, abs=1e-12)  # late: call now
-    # a late reply (expected at 10.001, not in yet) may come any moment: still worth the wait
-    assert gather_slack(10.002, waiting, [10.020, 10.001], 0.008) == pytest.approx(0.005, abs=1e-12)
-
-
-@pytest.mark.parametrize("waiting, replies, policy_est", [
-    ([(1, 10.0, 0.020)], [10.020], 0.008),  # one worker: its own reply comes after the call must start
-    ([(1, 10.0, 0.020)], [10.020, 10.012], 0.008),  # the other worker's reply comes too late (call by 10.007)
-    ([(1, 10.0, 0.020), (0, 10.0, 0.020)], [10.003], 0.008),  # a worker with nothing queued is idle now
-    ([(1, 10.0, None)], [10.003], 0.008),  # no step estimate for a worker yet
-    ([(1, 10.0, 0.020)], [10.003], None),  # no policy call timed yet
-    ([], [10.003], 0.008),  # nothing held
-])
-def test_gather_slack_is_zero_when_the_call_is_due_now(waiting, replies, policy_est):
-    from visual_dr3.evaluation.lockstep import gather_slack
-
-    assert gather_slack(10.001, waiting, replies, policy_est) == 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------
 # the policy adapter
 # ---------------------------------------------------------------------------------------------------------
 

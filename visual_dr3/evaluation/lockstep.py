@@ -3,11 +3,8 @@
 :class:`_Run` is what :meth:`~visual_dr3.evaluation.pool.RolloutPool.run` executes: it hands queued episodes
 (:func:`episode_queue`: episode ``e`` starts from ``episode_seed(seed, e)``) to idle envs ("lanes"; a worker
 process holds one or more), collects reset/step replies and makes one batched policy call for every lane whose
-observation is in (the other lanes keep stepping meanwhile), and turns worker failures into a retry from the
-same seed or a failed record (at most :data:`MAX_ATTEMPTS` attempts). An observation whose worker is still busy
-stepping its other env is held back until shortly before that worker will need the action
-(:func:`gather_slack`), so that observations arriving meanwhile share the policy call: on a CPU the parent's
-policy calls compete with the workers for the cores, and a call on 2-4 observations costs little more than one. It returns a
+observation is in, as soon as it is in (the other lanes keep stepping meanwhile), and turns worker failures into
+a retry from the same seed or a failed record (at most :data:`MAX_ATTEMPTS` attempts). It returns a
 :class:`RolloutRun` of :class:`EpisodeResult` records and a :class:`RunTiming`. No torch here: the policy is any
 callable.
 """
@@ -30,42 +27,6 @@ from visual_dr3.evaluation.workers import (BUSY, DEAD, HAS_OBS, IDLE, READY, STA
                                            format_exc)
 
 MAX_ATTEMPTS = 2  # an episode is tried at most twice (one retry after a worker failure)
-#: the parent acts on held observations this many policy calls (their running mean) before the first worker
-#: that waits for one of those actions is expected to finish its other env's step...
-GATHER_SAFETY = 1.5
-#: ...plus this many seconds (the reply's trip through the pipe, scheduling noise)
-GATHER_MARGIN_S = 0.001
-#: weight of the newest sample in the running means of step and policy-call seconds
-EMA_WEIGHT = 0.2
-
-
-def gather_slack(now: float, waiting: Sequence[tuple[int, float, Optional[float]]], replies: Sequence[float],
-                 policy_est: Optional[float], safety: float = GATHER_SAFETY, margin: float = GATHER_MARGIN_S) -> float:
-    """Seconds the parent may still wait for more observations before its policy call (``<= 0``: call now).
-
-    ``waiting`` has one ``(busy, started, step_est)`` per worker with an observation waiting for its action:
-    how many of its envs have a command queued (reset or step), when (monotonic seconds) it began the first of
-    them, and its mean seconds per command. A worker with nothing queued is idle now, so the call is due now;
-    otherwise it is busy until ``started + busy * step_est`` and its action must be back by then, so the call
-    must start ``safety * policy_est + margin`` earlier. ``replies``: when each busy worker's next reply is
-    expected; waiting pays only if one is expected before the call must start (a late one counts: it may come
-    any moment). Without the estimates (the first calls) the call is due now.
-    """
-    if policy_est is None or not waiting:
-        return 0.0
-    deadline = float("inf")
-    for busy, started, step_est in waiting:
-        if busy == 0 or step_est is None:
-            return 0.0
-        deadline = min(deadline, started + busy * step_est)
-    call_by = deadline - safety * policy_est - margin
-    if not any(t <= call_by for t in replies):
-        return 0.0
-    return call_by - now
-
-
-def _ema(old: Optional[float], new: float) -> float:
-    return new if old is None else (1.0 - EMA_WEIGHT) * old + EMA_WEIGHT * new
 
 
 class RolloutError(RuntimeError):
@@ -144,7 +105,6 @@ class _Run:
         self.results: dict[int, EpisodeResult] = {}
         self.warnings: list[str] = []
         self.timing = RunTiming()
-        self.policy_est: Optional[float] = None  # running mean of a policy call's seconds
         self.start_policy = getattr(policy, "start_episode", None)
         self.end_policy = getattr(policy, "end_episode", None)
         # the first run's clock starts when the pool did: its "overall" figures include building the envs
@@ -194,43 +154,23 @@ class _Run:
                           warnings=self.warnings, timing=self.timing)
 
     def collect(self) -> None:
-        """Handle every reply that has come; return once some lane holds an observation whose action is due
-        (:func:`gather_slack`; until then more replies are gathered for the same call), else wait. Workers still
-        building their envs join when ready, and are waited for only when nothing else can run."""
+        """Handle every reply that has come; return as soon as some lane holds an observation (the policy acts
+        on it while the other lanes step), else wait. Workers still building their envs join when ready, and
+        are waited for only when nothing else can run."""
         while True:
-            self._receive_all([w for w in self.workers if w.state != DEAD], timeout=0)
-            busy = [w for w in self.workers if any(lane.state == BUSY for lane in w.lanes)]
+            self._receive_all([w for w in self.workers if w.state != DEAD], block=False)
             if any(lane.state == HAS_OBS for lane in self.lanes):
-                slack = self._slack()
-                if slack <= 0:
-                    return
-                self._receive_all(busy, timeout=slack)
-                continue
+                return
+            busy = [w for w in self.workers if any(lane.state == BUSY for lane in w.lanes)]
             starting = [w for w in self.workers if w.state == STARTING]
             if not busy and (not starting or not self.queue):
                 return
             watch = busy + starting
-            self._receive_all(watch, timeout=1.0)
+            self._receive_all(watch, block=True)
             self._check_timeouts(watch)
 
-    def _slack(self) -> float:
-        """:func:`gather_slack` for the workers holding an observation, against every busy worker's next reply."""
-        waiting, replies = [], []
-        for w in self.workers:
-            queued = [lane.sent_at for lane in w.lanes if lane.state == BUSY] if w.state != DEAD else []
-            if not queued:
-                if w.state != DEAD and any(lane.state == HAS_OBS for lane in w.lanes):
-                    waiting.append((0, 0.0, w.step_est))
-                continue
-            started = max(w.replied_at, min(queued))  # it began the first queued command when both had happened
-            if w.step_est is not None:
-                replies.append(started + w.step_est)
-            if any(lane.state == HAS_OBS for lane in w.lanes):
-                waiting.append((len(queued), started, w.step_est))
-        return gather_slack(time.monotonic(), waiting, replies, self.policy_est)
-
-    def _receive_all(self, watch: list[_Worker], timeout: float) -> None:
-        """Handle what the ``watch`` workers sent (or their exits), waiting up to ``timeout`` s for something."""
+    def _receive_all(self, watch: list[_Worker], block: bool) -> None:
+        """Handle what the ``watch`` workers sent (or their exits); ``block``: wait up to 1 s for something."""
         handles = {}
         for w in watch:
             handles[w.conn] = w
@@ -238,7 +178,7 @@ class _Run:
         if not handles:
             return
         seen = set()
-        for h in mp_wait(list(handles), timeout=max(timeout, 0.0)):
+        for h in mp_wait(list(handles), timeout=1.0 if block else 0):
             w = handles[h]
             if id(w) in seen or w.state == DEAD:
                 continue
@@ -264,9 +204,7 @@ class _Run:
         batch = {k: np.stack([lane.obs[k] for lane in acting]) for k in acting[0].obs}
         t = time.perf_counter()
         actions = np.asarray(self.policy(batch, [lane.episode.index for lane in acting]), dtype=np.float32)
-        spent = time.perf_counter() - t
-        self.policy_est = _ema(self.policy_est, spent)
-        self.timing.policy_seconds += spent
+        self.timing.policy_seconds += time.perf_counter() - t
         self.timing.calls += 1
         self.timing.rows += len(acting)
         if actions.ndim != 2 or actions.shape[0] != len(acting):
@@ -305,8 +243,7 @@ class _Run:
         elif kind != "obs":
             self.fail(w, f"unexpected message {kind!r}")
         else:
-            _, lane, obs, reward, success, end, (env_s, render_s, w.replied_at) = msg
-            w.step_est = _ema(w.step_est, env_s + render_s)
+            _, lane, obs, reward, success, end, (env_s, render_s) = msg
             self.timing.env_seconds += env_s
             self.timing.render_seconds += render_s
             self._on_obs(w.lanes[lane], obs, reward, success, end)
@@ -314,7 +251,6 @@ class _Run:
     def _on_ready(self, w: _Worker, info: dict) -> None:
         pool = self.pool
         w.info = info
-        w.replied_at = time.monotonic()
         if not pool._checked:
             pool._check_ready(w)
             pool._checked = True

@@ -128,7 +128,7 @@ class _LaneState:
 def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
     """Worker loop over ``spec.envs`` envs ("lanes"). Messages in: ``("reset", lane, episode, seed, attempt)``,
     ``("step", lane, action)``, ``("close",)``, answered in order. Out: ``("ready", info)`` once, then
-    ``("obs", lane, obs, reward, success, end, (env_seconds, render_seconds, sent_at))`` per reset/step, or
+    ``("obs", lane, obs, reward, success, end, (env_seconds, render_seconds))`` per reset/step, or
     ``("error", message)`` after which the worker exits. With two lanes the worker steps one env while the
     parent computes the other's action."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
@@ -184,8 +184,7 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
                 success = bool(env._check_success())
                 end = success or bool(done) or lane.t >= env.horizon
             render = lane.clock.seconds - r0
-            # the send time (monotonic: one clock for every process): the worker starts its next command now
-            timing = (time.perf_counter() - t0 - render, render, time.monotonic())
+            timing = (time.perf_counter() - t0 - render, render)
             conn.send(("obs", msg[1], _pack_obs(obs, spec), float(reward), success, end, timing))
     except BaseException as e:  # report anything, then exit: the parent replaces this worker
         try:
@@ -261,8 +260,6 @@ class _Worker:
         self.sent_at = time.monotonic()
         self.info: Optional[dict] = None
         self.lanes = [_Lane(self, i) for i in range(spec.envs)]
-        self.replied_at = 0.0  # when it sent its last reply (its monotonic clock): it began its next command then
-        self.step_est: Optional[float] = None  # running mean of its seconds per reset/step (its own timing)
 
     def kill(self) -> None:
         self.state = DEAD
