@@ -1,8 +1,9 @@
 """Case 5: evaluation env steps/s (two cameras, a policy in the loop), each figure with where its time went.
 
 Ours: :class:`visual_dr3.evaluation.rollout.RolloutPool` (spawned workers, our render settings,
-``hard_reset=False``, batched policy calls in the parent acting on whatever observations are in) with 1 and
-2 envs per worker, 1 worker and one per core. Two baselines, both one process stepping one env with the
+``hard_reset=False``), with the policy in the parent (batched calls acting on whatever observations are in)
+with 1 and 2 envs per worker, 1 worker and one per core, and with the policy in the workers (a CPU copy
+each, one env per worker; the default when the workers take every core), 1 worker and one per core. Two baselines, both one process stepping one env with the
 policy called once per step, as a plain rollout loop (robomimic's ``run_rollout``) does:
 
 - plain: ``robosuite.make`` with the same task, cameras, image size, controller and horizon and everything
@@ -54,6 +55,7 @@ class Breakdown:
     policy: float = 0.0
     calls: int = 0
     processes: int = 1  # processes stepping envs (their time is env + render + waiting)
+    local: bool = False  # the policy runs in those processes (its time is theirs, not waiting)
 
     def add(self, steps: int, wall: float, t) -> None:
         self.steps += steps
@@ -66,20 +68,22 @@ class Breakdown:
     def note(self) -> str:
         """``sim 30.1 + render 25.3 ms/step; policy 9.1 ms/call, 1.98 obs/call; envs' processes wait 12%``."""
         n = max(self.steps, 1)
-        waiting = 1.0 - (self.env + self.render) / max(self.wall * self.processes, 1e-9)
+        busy = self.env + self.render + (self.policy if self.local else 0.0)
+        waiting = 1.0 - busy / max(self.wall * self.processes, 1e-9)
         return (f"per env step: sim {1e3 * self.env / n:.1f} + render {1e3 * self.render / n:.1f} ms; policy "
                 f"{1e3 * self.policy / max(self.calls, 1):.1f} ms/call, {self.steps / max(self.calls, 1):.2f} "
                 f"obs/call; env processes waiting {100 * max(waiting, 0.0):.0f}% of their time")
 
 
-def pool_rate(task, env_args, policy, workers: int, envs: int, s) -> tuple[Timing, Breakdown]:
+def pool_rate(task, env_args, policy, workers: int, envs: int, s, local: bool = False) -> tuple[Timing, Breakdown]:
+    """``local``: the policy in the workers (a CPU copy each, one env per worker)."""
     from visual_dr3.evaluation.rollout import RolloutPool
     from visual_dr3.evaluation.stats import env_seed_for
 
-    rates, parts = [], Breakdown(processes=workers)
+    rates, parts = [], Breakdown(processes=workers, local=local)
     with RolloutPool(env_args, task.image_keys, task.proprio_keys, workers=workers, horizon=s.eval_horizon,
                      env_seed=env_seed_for(0), expect_image_size=s.eval_image_size,
-                     envs_per_worker=envs) as pool:
+                     envs_per_worker=envs, policy_in_workers=local) as pool:
         for r in range(1 + s.eval_reps):  # run 0 includes start-up: warm-up
             run = pool.run(policy, s.eval_episodes, seed=r)
             steps = sum(int(x["length"]) for x in run.records)
@@ -178,12 +182,15 @@ def rollouts_at(s) -> list[Row]:
         one1, one1_parts = pool_rate(task, env_args, policy, 1, 1, s)
         one2, one2_parts = pool_rate(task, env_args, policy, 1, 2, s)
         all2, all2_parts = pool_rate(task, env_args, policy, cores, 2, s) if cores > 1 else (one2, one2_parts)
+        loc1, loc1_parts = pool_rate(task, env_args, policy, 1, 1, s, local=True)
+        locn, locn_parts = pool_rate(task, env_args, policy, cores, 1, s, local=True) if cores > 1 else (loc1, loc1_parts)
     finally:
         torch.set_num_threads(threads)
     px = f"{s.eval_image_size}px"
     tag = (f"lift, 2 cams {s.eval_image_size}x{s.eval_image_size}, horizon {s.eval_horizon}, "
            f"{s.eval_episodes} episodes per rep")
     scaling = Timing([a / (cores * b) for a, b in zip(all2.samples, one2.samples)])
+    local_scaling = Timing([a / (cores * b) for a, b in zip(locn.samples, loc1.samples)])
     return [
         timing_row("rollouts", f"plain robosuite env (defaults), serial, policy per step ({tag})", plain, "steps/s",
                    note=plain_parts.note()),
@@ -193,12 +200,24 @@ def rollouts_at(s) -> list[Row]:
         timing_row("rollouts", f"{px} ours, 1 worker, 2 envs (the default)", one2, "steps/s", note=one2_parts.note()),
         timing_row("rollouts", f"{px} ours, {cores} workers (one per core), 2 envs each", all2, "steps/s",
                    note=all2_parts.note()),
+        timing_row("rollouts", f"{px} ours, policy in the worker, 1 worker", loc1, "steps/s", note=loc1_parts.note()),
+        timing_row("rollouts", f"{px} ours, policy in the workers, {cores} workers (the default when the workers "
+                   "take every core)", locn, "steps/s", note=locn_parts.note()),
         ratio_row("rollouts", f"{px} per worker: ours 1 worker (2 envs) / plain env", one2, plain, target=3.0,
-                  note="both one process stepping envs; ours: the policy in a second process"),
-        ratio_row("rollouts", f"{px} ours {cores} workers / like-for-like serial loop", all2, like, target=1.5,
+                  note="both one process stepping envs; ours: the policy in a second process (the default for 1 "
+                       "worker on 2 cores)"),
+        ratio_row("rollouts", f"{px} per worker, policy in the worker: ours / plain env", loc1, plain,
+                  note="both one process doing everything: step, render, policy"),
+        ratio_row("rollouts", f"{px} ours {cores} workers (default: policy in the workers) / like-for-like serial "
+                  "loop", locn, like, target=1.5,
                   note=f"what the pool gives over a loop on the same env: {cores} worker processes vs 1"),
+        ratio_row("rollouts", f"{px} {cores} workers: policy in the workers / in the parent ({cores} x 2 envs)", locn,
+                  all2, note="the parent's batched calls take CPU from the workers when they fill the cores"),
         ratio_row("rollouts", f"{px} 2 envs per worker / 1 env (1 worker)", one2, one1,
                   note="the policy call overlapping the other env's step"),
-        target_row("rollouts", f"{px} worker scaling: {cores} workers / ({cores} x 1 worker), 2 envs each", scaling,
-                   0.9, note="near-linear = 1.0"),
+        target_row("rollouts", f"{px} worker scaling, policy in the workers: {cores} workers / ({cores} x 1 worker)",
+                   local_scaling, 0.9, note="near-linear = 1.0; each worker steps, renders and acts"),
+        timing_row("rollouts", f"{px} scaling, policy in the parent: {cores} workers / ({cores} x 1 worker), 2 envs "
+                   "each", scaling, "x", note="1 worker has a core of its own for the parent's calls; "
+                   f"{cores} workers share the cores with it"),
     ]

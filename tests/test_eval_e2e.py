@@ -56,7 +56,7 @@ def two_worker_run(checkpoint, tmp_path_factory):
     d = tmp_path_factory.mktemp("eval2")
     out_json, videos = d / "res" / "eval.json", d / "videos"
     r = run_eval(["--checkpoint", checkpoint, "--episodes", 4, "--workers", 2, "--video", videos, "--json", out_json,
-                  "--horizon", 12, "--seed", 5, "--deterministic"], cwd=d)
+                  "--horizon", 12, "--seed", 5, "--deterministic", "--policy-in", "parent"], cwd=d)
     return r, out_json, videos
 
 
@@ -70,7 +70,7 @@ def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
     assert [p.name for p in out_json.parent.iterdir()] == ["eval.json"]  # no temporary file left behind
     assert rep["task"] == "lift" and rep["env_name"] == "Lift" and rep["global_step"] == 2
     assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5 and rep["deterministic"] is True
-    assert rep["envs_per_worker"] == 2  # the default: 2 workers x 2 envs for 4 episodes
+    assert rep["envs_per_worker"] == 2 and rep["policy_in"] == "parent"  # 2 workers x 2 envs for 4 episodes
     t = rep["timing"]  # where the time went: the workers' sim and render time, the parent's policy calls
     assert t["rows"] == sum(r_["length"] for r_ in rep["records"]) and 1 <= t["calls"] <= t["rows"]
     assert t["env_seconds"] > 0 and t["render_seconds"] > 0 and t["policy_seconds"] > 0
@@ -112,7 +112,8 @@ def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_
     _, json2, _ = two_worker_run
     out = tmp_path / "one"
     r = run_eval(["--checkpoint", checkpoint, "--episodes", 2, "--workers", 1, "--video", out, "--json",
-                  out / "r.json", "--horizon", 12, "--seed", 5, "--deterministic", "--no-progress"], cwd=tmp_path)
+                  out / "r.json", "--horizon", 12, "--seed", 5, "--deterministic", "--no-progress",
+                  "--policy-in", "parent"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval:" not in r.stderr  # --no-progress
     ra = json.loads((out / "r.json").read_text())["records"]
@@ -122,6 +123,27 @@ def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_
     for u, v in zip(*firsts):
         assert u.shape == v.shape and np.abs(u - v).max() <= 4  # same frames -> same H.264 (small slack)
     assert np.abs(firsts[0][0] - firsts[0][1]).max() > 50  # (episodes 0 and 1 do start differently)
+
+
+def test_eval_cli_with_the_policy_in_the_workers_gives_the_same_episodes_for_any_worker_count(checkpoint, tmp_path):
+    """Each worker acts with its own CPU copy of the policy, one observation at a time, so an episode's whole
+    trajectory (every observation, pixel for pixel: the records' digests) is the same with 1 or 2 workers."""
+    reps = {}
+    for workers in (2, 1):
+        out = tmp_path / f"w{workers}.json"
+        r = run_eval(["--checkpoint", checkpoint, "--episodes", 3, "--workers", workers, "--json", out, "--horizon",
+                      12, "--seed", 5, "--deterministic", "--no-progress", "--policy-in", "workers"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "acting in each worker" in r.stdout
+        reps[workers] = json.loads(out.read_text())
+    for rep in reps.values():
+        assert rep["policy_in"] == "workers" and rep["envs_per_worker"] == 1
+        t = rep["timing"]  # the workers' own policy calls, one per env step
+        assert t["calls"] == t["rows"] == sum(r_["length"] for r_ in rep["records"]) and t["policy_seconds"] > 0
+    digests = [[r_["obs_digest"] for r_ in rep["records"]] for rep in (reps[1], reps[2])]
+    assert digests[0] == digests[1] and len(set(digests[0])) == 3 and None not in digests[0]
+    assert [(r_["length"], r_["success"]) for r_ in reps[1]["records"]] == \
+        [(r_["length"], r_["success"]) for r_ in reps[2]["records"]]
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +166,7 @@ def bad_files(checkpoint, tmp_path_factory):
     (["--checkpoint", "{ck}", "--episodes", "0"], "--episodes: got 0; expected an integer >= 1"),
     (["--checkpoint", "{ck}", "--workers", "0"], "--workers: got 0; expected an integer >= 1"),
     (["--checkpoint", "{ck}", "--envs-per-worker", "0"], "--envs-per-worker: got 0; expected an integer >= 1"),
+    (["--checkpoint", "{ck}", "--policy-in", "gpu"], "--policy-in"),
     (["--checkpoint", "{ck}", "--episodes", "many"], "--episodes: got 'many'"),
     (["--checkpoint", "{ck}", "--device", "tpu"], "--device"),
     (["--checkpoint", "{ck}", "--weights", "ema"], "holds no moving average (trained with algo.policy_ema 0)"),

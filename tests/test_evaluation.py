@@ -287,6 +287,24 @@ def test_torch_policy_deterministic_equals_module_act():
     np.testing.assert_allclose(a, m.act(t, deterministic=True).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_the_workers_copy_of_a_policy_acts_bit_for_bit_as_the_module():
+    import pickle
+
+    from visual_dr3.evaluation.rollout import TorchPolicy
+
+    m = _module()
+    obs = _obs(1, seed=4)
+    for deterministic in (True, False):
+        pol = TorchPolicy(m, IMAGE_KEYS, deterministic=deterministic)
+        blob = pickle.dumps(pol.for_workers())
+        copy = pickle.loads(blob)
+        assert type(copy.module).__name__ == "ActingNets" and not hasattr(copy.module, "q")  # no critic sent
+        for p in (pol, copy):
+            p.start_episode(0, 123)
+        for _ in range(3):  # same noise stream per episode, same numbers
+            np.testing.assert_array_equal(pol(obs, [0]), copy(obs, [0]))
+
+
 def test_torch_policy_noise_is_per_episode_not_per_batch():
     from visual_dr3.evaluation.rollout import TorchPolicy
 
@@ -407,6 +425,21 @@ def test_worker_crash_is_reported_replaced_and_retried_once(one_worker_run, tmp_
     assert s["episodes"] == 4 and s["errors"] == 1 and s["retried"] == 2
 
 
+def test_with_the_policy_in_the_workers_a_dead_or_hung_worker_is_replaced_and_its_episode_retried(one_worker_run):
+    from visual_dr3.evaluation.rollout import FaultSpec
+
+    _, ref = one_worker_run
+    lines: list[str] = []
+    faults = [FaultSpec(episode=1, at_step=2, kind="exit"), FaultSpec(episode=2, at_step=1, kind="hang")]
+    with _pool(1, faults=faults, warn=lines.append, step_timeout=3.0, policy_in_workers=True) as pool:
+        run = pool.run(RecordingPolicy(), 4, seed=3)
+    by_ep = {r.episode: r for r in run.results}
+    assert [by_ep[e].attempts for e in range(4)] == [1, 2, 2, 1] and all(r.error is None for r in run.results)
+    # the retries (fresh workers, given the policy when ready) replay the parent-mode run's episodes exactly
+    assert [r.obs_digest for r in run.results] == [r.obs_digest for r in ref.results]
+    assert len(lines) == 2 and "exited with code 3" in lines[0] and "no answer within 3 s" in lines[1]
+
+
 def test_hung_worker_times_out_and_is_replaced():
     from visual_dr3.evaluation.rollout import FaultSpec
 
@@ -456,18 +489,26 @@ class TrajectoryPolicy:
         return a
 
 
-def test_two_envs_per_worker_give_the_same_trajectories_pixel_for_pixel():
+def test_two_envs_per_worker_and_the_policy_in_the_workers_give_the_same_trajectories_pixel_for_pixel():
     runs = {}
-    for workers, envs in [(1, 1), (1, 2), (2, 2)]:
+    for workers, envs, local in [(1, 1, False), (1, 2, False), (2, 2, False), (2, 2, True)]:
         pol = TrajectoryPolicy()
-        with _pool(workers, envs_per_worker=envs, horizon=6) as pool:
+        with _pool(workers, envs_per_worker=envs, horizon=6, policy_in_workers=local) as pool:
             run = pool.run(pol, 5, seed=11)
-        runs[workers, envs] = (pol, run)
+        runs[workers, envs, local] = (pol, run)
         ready = [w.info["envs"] for w in pool.workers if w.info]  # (a slow worker may start after the last episode)
-        assert ready and set(ready) == {envs}
-    ref_pol, ref_run = runs[1, 1]
+        assert ready and set(ready) == {1 if local else envs}  # in the workers: one env each
+    ref_pol, ref_run = runs[1, 1, False]
+    digests = [r.obs_digest for r in ref_run.results]
+    assert len(set(digests)) == 5 and all(len(d) == 24 for d in digests)  # a fingerprint per episode
+    for key, (pol, run) in runs.items():  # the same observations, pixel for pixel, whatever ran them
+        assert [r.obs_digest for r in run.results] == digests, key
+    local_pol, local_run = runs.pop((2, 2, True))
+    assert local_pol.seen == {}  # the parent's policy never acted: each worker acted with its copy
+    t = local_run.timing
+    assert t.rows == t.calls == sum(r.length for r in local_run.results) and t.policy_seconds > 0
     assert all(len(ref_pol.seen[e]) == 6 for e in range(5))
-    for key in [(1, 2), (2, 2)]:
+    for key in [(1, 2, False), (2, 2, False)]:
         pol, run = runs[key]
         assert [(r.episode, r.seed, r.length, r.success) for r in run.results] == \
             [(r.episode, r.seed, r.length, r.success) for r in ref_run.results]
@@ -522,3 +563,27 @@ def test_envs_per_worker_has_one_default_everywhere():
     assert build_parser().parse_args(["--checkpoint", "c"]).envs_per_worker == ENVS_PER_WORKER
     with pytest.raises(UserError, match="eval_envs_per_worker"):
         validate(TrainConfig(eval_envs_per_worker=0))
+
+
+def test_where_the_policy_acts_has_one_default_and_auto_picks_the_workers_when_they_fill_the_cpu():
+    import inspect
+
+    from visual_dr3.app.eval import build_parser
+    from visual_dr3.evaluation.callback import EvalCallback
+    from visual_dr3.evaluation.evaluate import evaluate_checkpoint
+    from visual_dr3.evaluation.pool import POLICY_IN, policy_in_workers
+    from visual_dr3.learner.config import TrainConfig, validate
+
+    defaults = {inspect.signature(f).parameters["policy_in"].default for f in (EvalCallback, evaluate_checkpoint)}
+    assert defaults == {POLICY_IN} == {TrainConfig().eval_policy_in} == {"auto"}
+    assert build_parser().parse_args(["--checkpoint", "c"]).policy_in == POLICY_IN
+    # auto: in the workers when the policy is on the CPU and the workers take every core
+    assert [policy_in_workers("auto", "cpu", w, cores=2) for w in (1, 2, 3)] == [False, True, True]
+    assert not policy_in_workers("auto", "cuda:0", 8, cores=2) and not policy_in_workers("auto", "cpu", 7, cores=8)
+    assert policy_in_workers("workers", "cuda", 1, cores=8) and not policy_in_workers("parent", "cpu", 8, cores=2)
+    with pytest.raises(UserError, match="--policy-in: got 'gpu'"):
+        policy_in_workers("gpu", "cpu", 1)
+    with pytest.raises(UserError, match="eval_policy_in"):
+        validate(TrainConfig(eval_policy_in="gpu"))
+    with pytest.raises(UserError, match="--policy-in"):
+        EvalCallback(every_n_steps=1, episodes=1, policy_in="gpu")

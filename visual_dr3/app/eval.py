@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from visual_dr3.errors import OneLineParser, UserError, cli_entry, say
 from visual_dr3.evaluation.evaluate import WEIGHTS, evaluate_checkpoint
-from visual_dr3.evaluation.pool import ENVS_PER_WORKER
+from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, POLICY_IN_CHOICES
 
 
 def _int_arg(flag: str, minimum: int):
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--envs-per-worker", type=_int_arg("--envs-per-worker", 1), default=ENVS_PER_WORKER,
                    help="envs per worker, stepped in turn: one steps while the policy acts for the other "
                         f"(default {ENVS_PER_WORKER})")
+    p.add_argument("--policy-in", default=POLICY_IN, choices=list(POLICY_IN_CHOICES),
+                   help="where the policy acts: in the parent, batched over the workers' observations, or in each "
+                        "worker (its own CPU copy; one env per worker); default auto: in the workers when the "
+                        "policy is on the CPU and the workers take every core")
     p.add_argument("--seed", type=_int_arg("--seed", 0), default=0,
                    help="run seed: episode i starts from a seed derived from (seed, i) (default 0)")
     p.add_argument("--deterministic", action="store_true",
@@ -69,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         report = evaluate_checkpoint(
             args.checkpoint, args.episodes, workers=args.workers, seed=args.seed,
-            envs_per_worker=args.envs_per_worker,
+            envs_per_worker=args.envs_per_worker, policy_in=args.policy_in,
             deterministic=args.deterministic, device=args.device, video_dir=args.video,
             video_episodes=args.video_episodes, horizon=args.horizon, json_out=args.json,
             progress=not args.no_progress, weights=args.weights)
@@ -78,7 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit(1) from None
     extra = [("seeds", f"run seed {report['seed']}; episode i starts from episode_seed(seed, i)"),
              ("policy", ("deterministic (tanh of the mean)" if report["deterministic"] else "stochastic (sampled)")
-              + (", moving-average weights" if report["weights"] == "ema" else ""))]
+              + (", moving-average weights" if report["weights"] == "ema" else "")
+              + (", acting in each worker" if report["policy_in"] == "workers" else ", batched in the parent"))]
     if args.json:
         extra.append(("json", str(args.json)))
     videos = [r["video"] for r in report["records"] if r.get("video")]

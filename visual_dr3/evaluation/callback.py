@@ -51,7 +51,7 @@ from visual_dr3.checkpoint import resolve_env_args
 from visual_dr3.errors import UserError, say
 from visual_dr3.evaluation.lockstep import EpisodeResult
 from visual_dr3.evaluation.policy import TorchPolicy
-from visual_dr3.evaluation.pool import ENVS_PER_WORKER, RolloutPool, envs_for
+from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, RolloutPool, envs_for, policy_in_workers
 from visual_dr3.evaluation.stats import env_seed_for, episode_seed, rank_episodes, summarize
 from visual_dr3.evaluation.workers import format_exc
 from visual_dr3.fileio import write_json_atomic
@@ -83,7 +83,8 @@ class EvalCallback(Callback):
                  video_dir: "str | os.PathLike | None" = None, video_episodes: int = 2,
                  output_dir: "str | os.PathLike | None" = None, deterministic: bool = True,
                  horizon: Optional[int] = None, save_best: bool = True, eval_at_end: bool = True,
-                 progress: bool = False, faults: Sequence = (), envs_per_worker: int = ENVS_PER_WORKER):
+                 progress: bool = False, faults: Sequence = (), envs_per_worker: int = ENVS_PER_WORKER,
+                 policy_in: str = POLICY_IN):
         super().__init__()
         for name, v, lo in (("every_n_steps", every_n_steps, 1), ("episodes", episodes, 1), ("workers", workers, 1),
                             ("seed", seed, 0), ("video_episodes", video_episodes, 0),
@@ -92,6 +93,8 @@ class EvalCallback(Callback):
                 raise UserError(f"EvalCallback {name}: got {v!r}; expected an integer >= {lo}")
         self.every_n_steps, self.episodes, self.workers, self.seed = every_n_steps, episodes, workers, seed
         self.envs_per_worker = envs_per_worker
+        policy_in_workers(policy_in, "cpu", 1)  # a bad choice fails here, not at the first evaluation
+        self.policy_in = policy_in
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.video_episodes = video_episodes
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -170,8 +173,10 @@ class EvalCallback(Callback):
             hp = pl_module.hparams
             if self._env_args is None:
                 self._env_args, _ = resolve_env_args(dict(hp), where="training dataset")
+            workers = max(1, min(self.workers, n_episodes))
+            local = policy_in_workers(self.policy_in, pl_module.device, workers)
             self._pool = RolloutPool(self._env_args, hp["image_keys"], hp["proprio_keys"],
-                                     workers=max(1, min(self.workers, n_episodes)), horizon=self.horizon,
+                                     workers=workers, horizon=self.horizon, policy_in_workers=local,
                                      env_seed=env_seed_for(self.seed),
                                      expect_image_size=int(hp["image_size"]),
                                      expect_proprio_dim=int(hp.get("proprio_dim") or 0) or None,
@@ -250,7 +255,8 @@ class EvalCallback(Callback):
                 "step": step, "episodes": self.episodes, "seed": self.seed, "deterministic": self.deterministic,
                 "weights": "ema" if getattr(pl_module, "act_with_ema", False) else "trained",
                 "world_size": trainer.world_size, "workers_per_rank": self.workers,
-                "envs_per_worker": self.envs_per_worker,
+                "envs_per_worker": 1 if self._pool is not None and self._pool.policy_in_workers else self.envs_per_worker,
+                "policy_in": "workers" if self._pool is not None and self._pool.policy_in_workers else "parent",
                 "best": {"success_rate": self.best_success_rate, "step": self.best_step},
                 "summary": summary, "records": records,
                 "warnings": [w for p in gathered for w in p["warnings"]],
@@ -317,4 +323,5 @@ def make_eval_callback(cfg, output_dir: "str | os.PathLike") -> Optional[EvalCal
                         video_dir=(out / "eval" / "videos") if videos > 0 else None, video_episodes=videos,
                         output_dir=out, deterministic=bool(getattr(cfg, "eval_deterministic", True)),
                         horizon=getattr(cfg, "eval_horizon", None),
-                        envs_per_worker=int(getattr(cfg, "eval_envs_per_worker", ENVS_PER_WORKER)))
+                        envs_per_worker=int(getattr(cfg, "eval_envs_per_worker", ENVS_PER_WORKER)),
+                        policy_in=str(getattr(cfg, "eval_policy_in", POLICY_IN)))

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from visual_dr3.checkpoint import META_KEY, load_policy, read_checkpoint, resolve_device, resolve_env_args
 from visual_dr3.errors import UserError, say
-from visual_dr3.evaluation.pool import ENVS_PER_WORKER, envs_for
+from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, envs_for, policy_in_workers
 from visual_dr3.fileio import ensure_writable_dir, write_json_atomic
 
 #: which weights act: ``auto`` (the moving average when the checkpoint has one), ``trained``, ``ema``
@@ -32,7 +32,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
                         deterministic: bool = False, device: str = "auto", video_dir=None,
                         video_episodes: int = 5, horizon: Optional[int] = None, json_out=None,
                         progress: bool = True, faults: Sequence = (), warn=None, weights: str = "auto",
-                        envs_per_worker: int = ENVS_PER_WORKER) -> dict:
+                        envs_per_worker: int = ENVS_PER_WORKER, policy_in: str = POLICY_IN) -> dict:
     """Evaluate a checkpoint: returns the report (``summary`` + per-episode ``records``), also written to
     ``json_out`` when given. See :func:`main` for the arguments."""
     import torch
@@ -53,6 +53,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
     if weights not in WEIGHTS:
         raise UserError(f"--weights: got {weights!r}; expected one of {', '.join(WEIGHTS)}")
     dev = resolve_device(device)  # before loading anything: a bad --device fails fast
+    local = policy_in_workers(policy_in, dev, min(int(workers), int(episodes)))
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt[META_KEY]
     env_args, notes = resolve_env_args(meta, where=f"--checkpoint {checkpoint}")
@@ -63,7 +64,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
     if video_dir is not None:
         ensure_writable_dir(Path(video_dir), "--video")
     workers = min(int(workers), int(episodes))
-    envs_per_worker = envs_for(episodes, workers, envs_per_worker)
+    envs_per_worker = 1 if local else envs_for(episodes, workers, envs_per_worker)
     pool_kw = dict(env_seed=env_seed_for(int(seed)), expect_image_size=int(meta["image_size"]),
                    expect_proprio_dim=int(ckpt["hyper_parameters"].get("proprio_dim", 0)) or None,
                    faults=tuple(faults))
@@ -71,10 +72,10 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         pool_kw["warn"] = warn
     # Start the workers first: they build their envs (seconds) while the parent builds the networks.
     with RolloutPool(env_args, meta["image_keys"], meta["proprio_keys"], workers=workers, horizon=horizon,
-                     envs_per_worker=envs_per_worker, **pool_kw) as pool:
+                     envs_per_worker=envs_per_worker, policy_in_workers=local, **pool_kw) as pool:
         module, _, _ = load_policy(checkpoint, dev, ckpt=ckpt)
         module.act_with_ema = weights != "trained" and module.ema_actor is not None
-        if dev.type == "cpu":
+        if dev.type == "cpu" and not local:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
         policy = TorchPolicy(module, meta["image_keys"], deterministic=deterministic, device=dev)
         for line in notes:
@@ -93,6 +94,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: int, workers:
         "episodes": int(episodes),
         "workers": workers,
         "envs_per_worker": envs_per_worker,
+        "policy_in": "workers" if local else "parent",
         "seed": int(seed),
         "env_seed": env_seed_for(int(seed)),
         "deterministic": bool(deterministic),

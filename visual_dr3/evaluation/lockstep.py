@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
@@ -46,19 +47,21 @@ class EpisodeResult:
     error: Optional[str] = None
     seconds: float = 0.0
     video: Optional[str] = None
+    obs_digest: Optional[str] = None  # fingerprint of every observation, reward and end flag (equal: same trajectory)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["return"] = d.pop("ret")
         return {k: d[k] for k in ("episode", "seed", "success", "return", "length", "attempts", "error",
-                                  "seconds", "video")}
+                                  "seconds", "video", "obs_digest")}
 
 
 @dataclass
 class RunTiming:
     """Where a run's time went, summed over its env steps and resets: the workers' time in ``env.step`` /
     ``env.reset`` without rendering (physics, controller, observables), in rendering (``sim.render``), and the
-    parent's time in the policy (``calls`` batched calls over ``rows`` observations)."""
+    time in the policy (``calls`` calls over ``rows`` observations: the parent's batched calls, or the
+    workers' own when the policy runs in them)."""
 
     env_seconds: float = 0.0
     render_seconds: float = 0.0
@@ -105,14 +108,19 @@ class _Run:
         self.results: dict[int, EpisodeResult] = {}
         self.warnings: list[str] = []
         self.timing = RunTiming()
-        self.start_policy = getattr(policy, "start_episode", None)
-        self.end_policy = getattr(policy, "end_episode", None)
+        local = pool.spec.policy_in_workers  # then the workers call their copies' hooks, not the parent
+        self.start_policy = None if local else getattr(policy, "start_episode", None)
+        self.end_policy = None if local else getattr(policy, "end_episode", None)
         # the first run's clock starts when the pool did: its "overall" figures include building the envs
         self.t_start = pool.started_at if not pool._ran else time.monotonic()
         pool._ran = True
         self.t_first_ready: Optional[float] = (
             time.monotonic() if any(w.state == READY for w in pool.workers) else None)
         self.start_failures = [0] * len(pool.workers)
+        self.local = pool.spec.policy_in_workers
+        self.policy_blob: Optional[bytes] = None
+        if self.local:  # each worker gets the policy (its acting part, on the CPU) once per run
+            self.policy_blob = pickle.dumps(policy.for_workers() if hasattr(policy, "for_workers") else policy)
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -137,6 +145,8 @@ class _Run:
             for slot, w in enumerate(self.workers):  # workers lost after an earlier run are replaced now
                 if w.state == DEAD and self.queue:
                     self.workers[slot] = _Worker(self.pool.ctx, slot, self.pool.spec)
+                elif w.state == READY:
+                    self.send_policy(w)
             for lane in self.lanes:
                 self.assign(lane)
             while self._running():
@@ -243,10 +253,14 @@ class _Run:
         elif kind != "obs":
             self.fail(w, f"unexpected message {kind!r}")
         else:
-            _, lane, obs, reward, success, end, (env_s, render_s) = msg
+            _, lane, obs, reward, success, end, (env_s, render_s, policy_s), digest = msg
             self.timing.env_seconds += env_s
             self.timing.render_seconds += render_s
-            self._on_obs(w.lanes[lane], obs, reward, success, end)
+            if self.local and w.lanes[lane].last_cmd == "step":
+                self.timing.policy_seconds += policy_s
+                self.timing.calls += 1
+                self.timing.rows += 1
+            self._on_obs(w.lanes[lane], obs, reward, success, end, digest)
 
     def _on_ready(self, w: _Worker, info: dict) -> None:
         pool = self.pool
@@ -260,11 +274,15 @@ class _Run:
         if self.t_first_ready is None:
             self.t_first_ready = time.monotonic()
         w.state = READY
+        self.send_policy(w)
+        if w.state == DEAD:
+            return
         for lane in w.lanes:
             lane.state = IDLE
             self.assign(lane)
 
-    def _on_obs(self, lane: _Lane, obs: dict, reward: float, success: bool, end: bool) -> None:
+    def _on_obs(self, lane: _Lane, obs: Optional[dict], reward: float, success: bool, end: bool,
+                digest: Optional[str] = None) -> None:
         ep = lane.episode
         if lane.last_cmd == "step":
             ep.length += 1
@@ -275,8 +293,11 @@ class _Run:
         if end:
             lane.episode, lane.obs = None, None
             lane.state = IDLE
+            ep.digest = digest
             self.finish(ep)
             self.assign(lane)
+        elif self.local:  # the worker acts and steps on by itself: the lane stays busy, its clock restarts
+            lane.last_cmd, lane.sent_at = "step", time.monotonic()
         else:
             lane.obs = obs
             lane.state = HAS_OBS
@@ -294,9 +315,19 @@ class _Run:
             self.start_policy(ep.index, ep.seed)
         lane.state = BUSY
         try:
-            lane.send(("reset", ep.index, ep.seed, ep.attempt))
+            lane.send(("reset", ep.index, ep.seed, ep.attempt, ep.frames is not None))
         except (BrokenPipeError, OSError) as e:
             self.fail(lane.worker, f"{lane.worker.exit_description()} ({type(e).__name__})")
+
+    def send_policy(self, w: _Worker) -> None:
+        """Give ready worker ``w`` this run's policy (policy in the workers only; once per worker and run)."""
+        if self.policy_blob is None or w.policy_of is self:
+            return
+        try:
+            w.conn.send(("policy", self.policy_blob))
+            w.policy_of = self
+        except (BrokenPipeError, OSError) as e:
+            self.fail(w, f"{w.exit_description()} ({type(e).__name__})")
 
     def fail(self, w: _Worker, err: str) -> None:
         """``w`` failed: kill it, retry or record the episodes of its envs, and start a fresh worker in its slot
@@ -314,7 +345,7 @@ class _Run:
             self._fail_episode(w, ep, err)
         if self._running():
             fresh = _Worker(self.pool.ctx, w.slot, self.pool.spec)
-            self.workers[w.slot] = fresh
+            self.workers[w.slot] = fresh  # (it gets the policy when it is ready)
 
     def _fail_episode(self, w: _Worker, ep: _Episode, err: str) -> None:
         ep.errors.append(err)
@@ -334,7 +365,8 @@ class _Run:
         """Record ``ep`` (with its video, when asked for) and tell the policy, ``on_episode`` and the bar."""
         res = EpisodeResult(episode=ep.index, seed=ep.seed, success=ep.success and error is None,
                             ret=ep.ret, length=ep.length, attempts=ep.attempt, error=error,
-                            seconds=round(time.monotonic() - ep.t0, 3))
+                            seconds=round(time.monotonic() - ep.t0, 3),
+                            obs_digest=ep.digest if error is None else None)
         if error is None and ep.frames is not None:
             self._write_video(ep, res)
         ep.frames = None

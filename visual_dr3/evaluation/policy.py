@@ -1,9 +1,11 @@
 """The policy side of the rollouts: a ``DR3CQL`` module as a batched pool policy (:class:`TorchPolicy`).
 
-The pool calls ``policy(obs_batch, episodes) -> actions`` once per lock step; :class:`TorchPolicy` moves the
+The pool calls ``policy(obs_batch, episodes) -> actions`` once per lock step (or each worker calls the copy
+that :meth:`TorchPolicy.for_workers` gives, when the policy runs in the workers); :class:`TorchPolicy` moves the
 batch to the module's device in the format of training batches and returns numpy actions, with per-episode
 noise generators for stochastic actions so that an episode's actions do not depend on the number of
-workers. torch is imported lazily (in the constructor): rollout workers import this package and never need it.
+workers. torch is imported lazily (in the constructor): rollout workers import this package and need torch
+only when they receive a copy of the policy.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ class TorchPolicy:
         self._per_episode = not self.deterministic and hasattr(module, "acting_nets")
         self._noise_dim = module.acting_nets()[1].action_dim if self._per_episode else None
         self._batch_generator = None
+
+    def for_workers(self) -> "TorchPolicy":
+        """The same policy for rollout workers (the pool's ``policy_in_workers``): the module's acting part
+        (:class:`~visual_dr3.learner.acting.ActingNets`, no critic) copied to the CPU, sent pickled."""
+        from visual_dr3.learner.acting import ActingNets
+
+        return TorchPolicy(ActingNets.of(self.module), self.image_keys, self.deterministic, device="cpu")
+
+    def __getstate__(self) -> dict:
+        return {"module": self.module, "image_keys": self.image_keys, "deterministic": self.deterministic,
+                "device": str(self.device)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["module"], state["image_keys"], state["deterministic"], state["device"])
 
     def start_episode(self, episode: int, seed: int) -> None:
         if not self.deterministic:

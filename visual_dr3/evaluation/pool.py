@@ -24,6 +24,32 @@ START_METHOD = "spawn"
 ENVS_PER_WORKER = 2
 
 
+#: where the policy runs unless told otherwise (train.py's eval_policy_in, eval.py's --policy-in)
+POLICY_IN = "auto"
+POLICY_IN_CHOICES = ("auto", "parent", "workers")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def policy_in_workers(choice: str, device, workers: int, cores: Optional[int] = None) -> bool:
+    """Whether each worker should act with its own copy of the policy: ``choice`` ``"workers"`` / ``"parent"``,
+    or ``"auto"``: in the workers when the policy runs on the CPU and the workers take every core (then a
+    policy call in the parent takes CPU from the workers' simulation; with a core to spare, or on a GPU,
+    the parent's batched calls overlap the workers' steps instead)."""
+    if choice not in POLICY_IN_CHOICES:
+        raise UserError(f"--policy-in: got {choice!r}; expected one of {', '.join(POLICY_IN_CHOICES)}")
+    if choice != "auto":
+        return choice == "workers"
+    on_cpu = str(device).split(":")[0] == "cpu"
+    return on_cpu and int(workers) >= (cores if cores is not None else usable_cores())
+
+
 def envs_for(episodes: int, workers: int, envs_per_worker: int) -> int:
     """Envs per worker for a run of ``episodes`` on ``workers`` workers: at most ``envs_per_worker``, and no
     more than the episodes can keep busy (no env is built without an episode)."""
@@ -39,7 +65,11 @@ class RolloutPool:
     :func:`env_seed_for` of the run seed). ``expect_image_size``/``expect_proprio_dim``: checked against the
     first observation of every worker (a mismatch is a :class:`UserError`). ``faults``: the :class:`FaultSpec` test hook.
     ``envs_per_worker``: envs each worker process holds and steps in turn; with 2, a worker steps one env
-    while the parent computes the other's action (the policy call and the simulator overlap). An episode's
+    while the parent computes the other's action (the policy call and the simulator overlap).
+    ``policy_in_workers``: each worker gets the policy once per run (``policy.for_workers()`` when it has
+    one, pickled) and runs its episodes by itself, acting and stepping in turn (one env per worker: there is
+    nothing to overlap); the parent only hands out episodes and collects the records (see
+    :func:`policy_in_workers` for when this is faster). An episode's
     trajectory depends on its seed and the policy only, not on the number of workers or envs per worker.
     Use as a context manager (or call :meth:`close`); workers are daemonic, so they also die with the parent.
     """
@@ -48,16 +78,19 @@ class RolloutPool:
                  horizon: Optional[int] = None, env_seed: int = 0, expect_image_size: Optional[int] = None,
                  expect_proprio_dim: Optional[int] = None, faults: Sequence[FaultSpec] = (),
                  step_timeout: float = 120.0, start_timeout: float = 600.0,
-                 warn: Callable[[str], None] = say, envs_per_worker: int = ENVS_PER_WORKER):
+                 warn: Callable[[str], None] = say, envs_per_worker: int = ENVS_PER_WORKER,
+                 policy_in_workers: bool = False):
         if int(workers) < 1:
             raise UserError(f"--workers: got {workers!r}; expected a positive integer")
         if int(envs_per_worker) < 1:
             raise UserError(f"--envs-per-worker: got {envs_per_worker!r}; expected a positive integer")
         self.spec = WorkerSpec(env_args=env_args, image_keys=tuple(image_keys), proprio_keys=tuple(proprio_keys),
                                horizon=int(horizon) if horizon else None, env_seed=int(env_seed),
-                               faults=tuple(faults), envs=int(envs_per_worker))
+                               faults=tuple(faults), envs=1 if policy_in_workers else int(envs_per_worker),
+                               policy_in_workers=bool(policy_in_workers))
         self.num_workers = int(workers)
-        self.envs_per_worker = int(envs_per_worker)
+        self.envs_per_worker = self.spec.envs
+        self.policy_in_workers = bool(policy_in_workers)
         self.expect_image_size = expect_image_size
         self.expect_proprio_dim = expect_proprio_dim
         self.step_timeout, self.start_timeout = float(step_timeout), float(start_timeout)

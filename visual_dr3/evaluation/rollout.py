@@ -1,4 +1,5 @@
-"""Parallel evaluation rollouts: envs in worker processes, batched policy inference in the parent.
+"""Parallel evaluation rollouts: envs in worker processes, batched policy inference in the parent (or a copy
+of the policy in each worker).
 
 Design
 ------
@@ -13,6 +14,11 @@ Design
   (``envs_per_worker``, stepped in turn in the order their actions arrive): with 2, it steps one env while
   the parent computes the other's action, so the policy call and the simulator overlap even with one
   worker. Envs that finish an episode get the next one right away.
+- Or the policy in the workers (``policy_in_workers``; :func:`~visual_dr3.evaluation.pool.policy_in_workers`
+  picks it when the policy is on the CPU and the workers take every core): each worker receives the
+  policy's CPU copy (``policy.for_workers()``, pickled) once per run and runs each episode it is given by
+  itself, one env per worker, reporting every step; the parent hands out episodes, keeps the records and
+  the frames of video episodes, and applies the same timeouts and retries.
 - Episode ``i`` of a run with seed ``S`` starts from seed :func:`~visual_dr3.evaluation.stats.episode_seed`
   ``(S, i)`` (object placement and robot joint noise depend on that alone), whatever the number of workers.
   robosuite also draws some things when it *builds* an env (Lift's cube size is sampled from ``env.rng`` at
@@ -25,12 +31,15 @@ Design
   error), replaced by a fresh worker, and its episode retried once from the same seed; a second failure
   records the episode as failed (``success: false`` and ``error``), never silently dropped.
 
+Every record carries ``obs_digest``, a fingerprint of every observation (images included), reward and end
+flag its env returned: equal digests mean the same trajectory, pixel for pixel.
+
 Where it lives: :mod:`~visual_dr3.evaluation.workers` (the worker process, :class:`FaultSpec`,
 :class:`WorkerSpec`), :mod:`~visual_dr3.evaluation.pool` (:class:`RolloutPool`),
 :mod:`~visual_dr3.evaluation.lockstep` (one run's loop and its records: :class:`EpisodeResult`,
 :class:`RolloutRun`, :class:`RolloutError`) and :mod:`~visual_dr3.evaluation.policy` (:class:`TorchPolicy`).
-This module re-exports them. Workers import numpy and robosuite only (no torch); torch is imported only
-when a :class:`TorchPolicy` is built.
+This module re-exports them. Workers import numpy and robosuite only (torch too when the policy runs in
+them); the parent imports torch only when a :class:`TorchPolicy` is built.
 """
 
 from __future__ import annotations

@@ -6,13 +6,16 @@ the proprio keys concatenated into one float32 ``"proprio"`` vector) until it is
 is sent back as one ``("error", message)`` line before it exits. :class:`FaultSpec` is the test hook that
 makes a worker fail on purpose. The protocol and the pool that drives it are described in
 :mod:`visual_dr3.evaluation.rollout`. Workers import numpy and robosuite only (no torch): the module is safe
-to import in a worker.
+to import in a worker (a worker imports torch when it unpickles a policy of its own).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -51,6 +54,7 @@ class WorkerSpec:
     env_seed: int = 0  # seeds env construction (robosuite draws e.g. Lift's cube size then)
     faults: tuple[FaultSpec, ...] = ()
     envs: int = 1  # envs per worker process, stepped in turn (one steps while the parent acts for the other)
+    policy_in_workers: bool = False  # each worker acts with its own copy of the policy (sent per run)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -123,16 +127,42 @@ class _LaneState:
     episode: int = -1
     attempt: int = 0
     t: int = 0
+    digest: Optional["_Digest"] = None
+
+
+def _batch_of_one(obs: dict) -> dict:
+    return {k: v[None] for k, v in obs.items()}
+
+
+class _Digest:
+    """Fingerprint of everything an episode's env returned (every observation, images included, reward and
+    end flag in order): equal digests mean the same trajectory, pixel for pixel, whoever ran it."""
+
+    def __init__(self):
+        self.h = hashlib.blake2b(digest_size=12)
+
+    def add(self, obs: dict, reward: float, end: bool) -> None:
+        for k in sorted(obs):
+            self.h.update(np.ascontiguousarray(obs[k]).tobytes())
+        self.h.update(np.float64(reward).tobytes() + bytes([end]))
+
+    def hex(self) -> str:
+        return self.h.hexdigest()
 
 
 def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
-    """Worker loop over ``spec.envs`` envs ("lanes"). Messages in: ``("reset", lane, episode, seed, attempt)``,
+    """Worker loop over ``spec.envs`` envs ("lanes"). Messages in: ``("policy", pickled)`` (the policy
+    this worker acts with from now on), ``("reset", lane, episode, seed, attempt[, frames])``,
     ``("step", lane, action)``, ``("close",)``, answered in order. Out: ``("ready", info)`` once, then
-    ``("obs", lane, obs, reward, success, end, (env_seconds, render_seconds))`` per reset/step, or
+    ``("obs", lane, obs, reward, success, end, (env_seconds, render_seconds, policy_seconds), digest)`` per
+    reset/step (``digest``: the episode's :class:`_Digest` on its last message, else None), or
     ``("error", message)`` after which the worker exits. With two lanes the worker steps one env while the
-    parent computes the other's action."""
+    parent computes the other's action. With a policy of its own the worker runs each episode it is given
+    to its end, acting itself, and reports every step (``obs`` is None unless ``frames``: the parent
+    only counts, and keeps frames for videos)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
     lanes: list[_LaneState] = []
+    policy = None
     try:
         import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
         from visual_dr3.envs.make import make_env_from_args, reset_env
@@ -163,6 +193,11 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
                 break  # the parent went away
             if msg[0] == "close":
                 break
+            if msg[0] == "policy":
+                policy = pickle.loads(msg[1])
+                if "torch" in sys.modules:  # one thread per worker: the workers share the cores
+                    sys.modules["torch"].set_num_threads(1)
+                continue
             if msg[0] not in ("reset", "step"):
                 raise RuntimeError(f"unknown message {msg[0]!r}")
             lane = lanes[msg[1]]
@@ -173,19 +208,38 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
             r0 = lane.clock.seconds
             t0 = time.perf_counter()
             if msg[0] == "reset":
-                _, _, lane.episode, seed, lane.attempt = msg
+                _, _, lane.episode, seed, lane.attempt = msg[:5]
+                frames = bool(msg[5]) if len(msg) > 5 else True
                 lane.t = 0
+                lane.digest = _Digest()
                 _maybe_fault(spec, lane.episode, lane.attempt, 0)
                 obs, reward, success, end = reset_env(env, seed), 0.0, False, False
             else:
-                _maybe_fault(spec, lane.episode, lane.attempt, lane.t + 1)
-                obs, reward, done, _ = env.step(np.asarray(msg[2], dtype=np.float64))
-                lane.t += 1
-                success = bool(env._check_success())
-                end = success or bool(done) or lane.t >= env.horizon
+                obs, reward, success, end = _step(env, lane, spec, msg[2])
             render = lane.clock.seconds - r0
-            timing = (time.perf_counter() - t0 - render, render)
-            conn.send(("obs", msg[1], _pack_obs(obs, spec), float(reward), success, end, timing))
+            packed = _pack_obs(obs, spec)
+            lane.digest.add(packed, reward, end)
+            timing = (time.perf_counter() - t0 - render, render, 0.0)
+            conn.send(("obs", msg[1], packed if policy is None or frames else None, float(reward), success, end,
+                       timing, lane.digest.hex() if end else None))
+            if policy is None or msg[0] != "reset":
+                continue
+            start, finish = getattr(policy, "start_episode", None), getattr(policy, "end_episode", None)
+            if start is not None:
+                start(lane.episode, seed)
+            while not end:  # the episode, acted by this worker's own policy
+                t0 = time.perf_counter()
+                action = np.clip(np.asarray(policy(_batch_of_one(packed), [lane.episode]), np.float32)[0], -1, 1)
+                r0, t1 = lane.clock.seconds, time.perf_counter()
+                obs, reward, success, end = _step(env, lane, spec, action)
+                render = lane.clock.seconds - r0
+                packed = _pack_obs(obs, spec)
+                lane.digest.add(packed, reward, end)
+                timing = (time.perf_counter() - t1 - render, render, t1 - t0)
+                conn.send(("obs", msg[1], packed if frames else None, float(reward), success, end, timing,
+                           lane.digest.hex() if end else None))
+            if finish is not None:
+                finish(lane.episode)
     except BaseException as e:  # report anything, then exit: the parent replaces this worker
         try:
             conn.send(("error", format_exc(e)))
@@ -201,6 +255,15 @@ def _worker_main(conn, worker_id: int, spec: WorkerSpec) -> None:
             conn.close()
         except Exception:
             pass
+
+
+def _step(env, lane: _LaneState, spec: WorkerSpec, action) -> tuple[dict, float, bool, bool]:
+    """One env step of ``lane``'s episode: (obs, reward, success, end)."""
+    _maybe_fault(spec, lane.episode, lane.attempt, lane.t + 1)
+    obs, reward, done, _ = env.step(np.asarray(action, dtype=np.float64))
+    lane.t += 1
+    success = bool(env._check_success())
+    return obs, float(reward), success, success or bool(done) or lane.t >= env.horizon
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,6 +287,7 @@ class _Episode:
     t0: float = 0.0
     frames: Optional[list] = None
     errors: list = field(default_factory=list)
+    digest: Optional[str] = None
 
 
 class _Lane:
@@ -259,6 +323,7 @@ class _Worker:
         self.state = STARTING
         self.sent_at = time.monotonic()
         self.info: Optional[dict] = None
+        self.policy_of = None  # the run whose policy this worker holds (policy in the workers)
         self.lanes = [_Lane(self, i) for i in range(spec.envs)]
 
     def kill(self) -> None:

@@ -208,6 +208,8 @@ class TrainConfig:
     """Env worker processes per rank for evaluation; None means one per spare core (at most 8)."""
     eval_envs_per_worker: int = 2
     """Envs per evaluation worker, stepped in turn: one steps while the policy acts for the other."""
+    eval_policy_in: Literal["auto", "parent", "workers"] = "auto"
+    """Where the evaluation policy acts: batched in the trainer, or a CPU copy in each worker (one env each); auto: workers when on CPU and they take every core."""
     eval_videos: int = 2
     """Episodes recorded as mp4 at each evaluation (under <output_dir>/eval/videos); 0 records none."""
     eval_horizon: Optional[int] = None
@@ -259,6 +261,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.eval_horizon is not None:
         need(cfg.eval_horizon > 0, "eval_horizon", "a positive integer (or null)", cfg.eval_horizon)
     need(cfg.eval_envs_per_worker > 0, "eval_envs_per_worker", "a positive integer", cfg.eval_envs_per_worker)
+    need(cfg.eval_policy_in in ("auto", "parent", "workers"), "eval_policy_in", "auto, parent or workers",
+         cfg.eval_policy_in)
     if cfg.eval_workers is not None:
         need(cfg.eval_workers > 0, "eval_workers", "a positive integer (or null)", cfg.eval_workers)
     for flag, v in [("eval_every", cfg.eval_every), ("eval_videos", cfg.eval_videos),

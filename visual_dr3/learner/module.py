@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from visual_dr3.data.replay import Batch
+from visual_dr3.learner import acting
 from visual_dr3.learner import diagnostics as D
 from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
 from visual_dr3.learner.encoders import make_encoder
@@ -258,24 +259,8 @@ class DR3CQL(L.LightningModule):
             return self.ema_encoder, self.ema_actor
         return self.trained_acting_nets()
 
-    @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
-            generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Actions in [-1, 1] for a batch of observations (uint8 images (B,3,H,W), 'proprio' (B,P)):
-        ``tanh(mean)``, or with ``deterministic=False`` ``tanh(mean + std * eps)``, ``eps`` drawn with
-        ``generator`` or given as ``noise`` ((B, learned action dims), standard normal)."""
-        enc, actor = self.acting_nets()
-        phi = enc(obs)
-        a = actor.mode(phi) if deterministic else actor.sample(phi, generator=generator, eps=noise)[0]
-        return self.full_action(a)
-
-    def full_action(self, a: torch.Tensor) -> torch.Tensor:
-        """The env's action from the networks' (learned dims only): fixed dims take their dataset value."""
-        if a.shape[-1] == self.action_fill.shape[0]:
-            return a
-        full = self.action_fill.to(a.dtype).expand(*a.shape[:-1], -1).clone()
-        full[..., self.learned_index] = a
-        return full
+    act = acting.act  # (shared with the copy a rollout worker holds: visual_dr3.learner.acting)
+    full_action = acting.full_action
 
     # -- checkpoint contents --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

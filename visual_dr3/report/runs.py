@@ -20,7 +20,7 @@ from visual_dr3.evaluation.stats import wilson_interval
 #: config keys that differ between runs of one condition without defining it (run bookkeeping, seeds)
 NON_CONDITION_KEYS = frozenset({
     "seed", "output_dir", "resume", "wandb", "tensorboard", "progress", "log_every", "checkpoint_every",
-    "eval_workers", "eval_envs_per_worker", "eval_videos", "eval_every", "eval_episodes", "devices", "num_nodes",
+    "eval_workers", "eval_envs_per_worker", "eval_policy_in", "eval_videos", "eval_every", "eval_episodes", "devices", "num_nodes",
     "accelerator",
     "data.device", "compile",
 })
