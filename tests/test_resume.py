@@ -156,7 +156,7 @@ def wait_for_step(p, last, step, timeout=300):
 def test_signal_saves_last_checkpoint_and_exits(lift_dataset, tmp_path, sig):
     out = tmp_path / "run"
     last = out / "checkpoints" / "last.ckpt"
-    args = cmd(lift_dataset, out, "--max-steps", "100000")
+    args = cmd(lift_dataset, out, "--max-steps", "100000", "--eval-every", "100000", "--eval-episodes", "1")
     args[args.index("--checkpoint-every") + 1] = "2"
     p = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -173,6 +173,7 @@ def test_signal_saves_last_checkpoint_and_exits(lift_dataset, tmp_path, sig):
     step = load(last)["global_step"]
     assert step >= 2
     assert f"at step {step};" in stderr, stderr[-2000:]
+    assert not list(out.glob("eval/step_*.json"))  # a stopped run does not evaluate on its way out
     r = train(lift_dataset, out, "--max-steps", str(step + 2), "--resume", "auto", cwd=tmp_path)
     assert load(last)["global_step"] == step + 2, r.stdout[-2000:]
 

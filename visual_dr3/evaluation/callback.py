@@ -55,6 +55,7 @@ from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, RolloutPool, 
 from visual_dr3.evaluation.stats import env_seed_for, episode_seed, rank_episodes, summarize
 from visual_dr3.evaluation.workers import format_exc
 from visual_dr3.fileio import write_json_atomic
+from visual_dr3.learner.callbacks import GracefulStop
 
 METRIC_KEYS = {
     "success_rate": "eval/success_rate",
@@ -151,7 +152,8 @@ class EvalCallback(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         try:
             step = trainer.global_step
-            if self.eval_at_end and step > 0 and step != self.last_eval_step:
+            stopped = any(isinstance(c, GracefulStop) and c.stopping for c in trainer.callbacks)
+            if self.eval_at_end and step > 0 and step != self.last_eval_step and not stopped:
                 self.evaluate(trainer, pl_module)
         finally:
             self.close()

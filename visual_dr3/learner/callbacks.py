@@ -67,6 +67,7 @@ class GracefulStop(Callback):
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.stopping = False  # every rank stops at this step (the end-of-run evaluation is skipped)
         self._previous: dict = {}
 
     def _handler(self, signum, frame) -> None:
@@ -102,9 +103,11 @@ class GracefulStop(Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and not trainer.should_stop:
             trainer.should_stop = True
+            self.stopping = True
             if trainer.is_global_zero:
                 print(f"[visual-dr3] stop requested by signal: saving checkpoints/last.ckpt at step "
-                      f"{trainer.global_step}, then exiting (signal again to exit at once)", flush=True)
+                      f"{trainer.global_step}, then exiting without the end-of-run evaluation (signal again to "
+                      f"exit at once)", flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore()
