@@ -89,9 +89,10 @@ def settings_for(quick: bool, device: str) -> Settings:
     gpu = device.startswith("cuda")
     cores = os.cpu_count() or 1
     if quick:
-        return Settings(True, image_size=32, batch=32, robomimic_batch=32, warmup=2, block=3, reps=3,
+        # (the fewest that still give every figure a spread: 2 repetitions; CI runs this in the test suite)
+        return Settings(True, image_size=32, batch=32, robomimic_batch=16, warmup=1, block=2, reps=2,
                         rm_default_batch=8, rm_default_warmup=1, rm_default_block=1, gen_episodes=2, gen_workers=1, gen_horizon=40, load_reps=2,
-                        eval_image_size=32, eval_horizon=15, eval_episodes=2, eval_reps=2,
+                        eval_image_size=32, eval_horizon=10, eval_episodes=2, eval_reps=2,
                         scaling_batches=[16, 32])
     if gpu:
         return Settings(False, image_size=84, batch=256, robomimic_batch=256, warmup=10, block=20, reps=5,

@@ -131,8 +131,8 @@ def test_eval_cli_with_the_policy_in_the_workers_gives_the_same_episodes_for_any
     reps = {}
     for workers in (2, 1):
         out = tmp_path / f"w{workers}.json"
-        r = run_eval(["--checkpoint", checkpoint, "--episodes", 3, "--workers", workers, "--json", out, "--horizon",
-                      12, "--seed", 5, "--deterministic", "--no-progress", "--policy-in", "workers"], cwd=tmp_path)
+        r = run_eval(["--checkpoint", checkpoint, "--episodes", 2, "--workers", workers, "--json", out, "--horizon",
+                      8, "--seed", 5, "--deterministic", "--no-progress", "--policy-in", "workers"], cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "acting in each worker" in r.stdout
         reps[workers] = json.loads(out.read_text())
@@ -141,7 +141,7 @@ def test_eval_cli_with_the_policy_in_the_workers_gives_the_same_episodes_for_any
         t = rep["timing"]  # the workers' own policy calls, one per env step
         assert t["calls"] == t["rows"] == sum(r_["length"] for r_ in rep["records"]) and t["policy_seconds"] > 0
     digests = [[r_["obs_digest"] for r_ in rep["records"]] for rep in (reps[1], reps[2])]
-    assert digests[0] == digests[1] and len(set(digests[0])) == 3 and None not in digests[0]
+    assert digests[0] == digests[1] and len(set(digests[0])) == 2 and None not in digests[0]
     assert [(r_["length"], r_["success"]) for r_ in reps[1]["records"]] == \
         [(r_["length"], r_["success"]) for r_ in reps[2]["records"]]
 
