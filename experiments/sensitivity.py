@@ -7,6 +7,11 @@ Config ``configs/experiments/sensitivity.yaml`` (CQL critic, ``mixed`` data). Ru
 features, and ``--dr3.features penultimate`` at ``--features-coef`` (default 0.01; its encoder counterpart is the
 sweep's run at that c0, shared). Two reports: ``c0_sweep`` (grouped by ``dr3.coef``) and ``features`` (grouped by
 ``dr3.features``), and an index page with both tables.
+
+``--scale recipe`` runs the sweep on the learning recipe instead (the cpu preset with the imitation-trained actor
+encoder, 1,000 steps, 50 evaluation episodes at 4 points, seeds 1-3: the scale of ``cql_vs_dr3 --scale recipe``,
+whose CQL, encoder-DR3 and penultimate-DR3 runs at c0 0.01 are the same commands). ``--no-features`` leaves out
+the feature comparison (the c0 sweep only).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/sensitivity.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.cql_vs_dr3 import RECIPE_CONFIG, RECIPE_FLAGS
+from experiments.cql_vs_dr3 import SCALES as STUDY_SCALES
 from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, add_task_and_kind,
                                 base_parser, check_args, fmt_coef, main_flow, resolve_scale, roots, train_args)
 
@@ -34,6 +41,8 @@ SCALES = {
     "gpu": Scale(name="gpu", image_size=84, max_steps=100_000, batch_size=256, seeds=(0, 1, 2), episodes=200,
                  eval_every=10_000, eval_episodes=50, eval_workers=4, log_every=100, checkpoint_every=5000,
                  gen_workers=16, jobs=4),
+    # the learning recipe's scale (cql_vs_dr3 --scale recipe): success is measurable there
+    "recipe": STUDY_SCALES["recipe"],
 }
 DEFAULT_COEFS = (0.0, 0.001, 0.01, 0.1)
 
@@ -45,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="c0 values of the sweep, encoder features (default 0 0.001 0.01 0.1)")
     p.add_argument("--features-coef", type=float, default=0.01,
                    help="c0 at which encoder and penultimate features are compared (default 0.01)")
+    p.add_argument("--no-features", action="store_true",
+                   help="only the c0 sweep: no encoder-vs-penultimate comparison (and no run added at "
+                        "--features-coef)")
     return p
 
 
@@ -53,9 +65,12 @@ def _run(args, scale: Scale, data: DatasetSpec, out_root: Path, coef: float, fea
     cond = f"c0_{fmt_coef(coef)}_{features}"
     out = out_root / f"{cond}_s{seed}"
     flags = ("--dr3-coef", fmt_coef(coef), "--dr3.features", features)
+    recipe = scale.name == "recipe"
     return RunSpec(name=f"{cond}_s{seed}", group=EXPERIMENT, condition=cond, seed=seed, out_dir=out, dataset=data,
                    max_steps=scale.max_steps,
-                   train_args=train_args(CONFIG, scale, args.task, data.path, out, seed, flags, extra))
+                   train_args=train_args(RECIPE_CONFIG if recipe else CONFIG, scale, args.task, data.path, out, seed,
+                                         (*RECIPE_FLAGS, *flags) if recipe else flags, extra,
+                                         preset="cpu" if recipe else "gpu"))
 
 
 def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
@@ -65,13 +80,13 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
     data = DatasetSpec(args.task, args.kind, scale.image_size, scale.episodes, args.data_dir, scale.horizon)
     extra = tuple(shlex.split(args.train_args))
     coefs = list(dict.fromkeys(args.coefs))
-    if args.features_coef not in coefs:  # the encoder side of the feature comparison
+    if not args.no_features and args.features_coef not in coefs:  # the encoder side of the feature comparison
         coefs.append(args.features_coef)
     runs = []
     for coef in coefs:
         for seed in scale.seeds:
             runs.append(_run(args, scale, data, out_root, coef, "encoder", seed, extra))
-    for seed in scale.seeds:
+    for seed in () if args.no_features else scale.seeds:
         runs.append(_run(args, scale, data, out_root, args.features_coef, "penultimate", seed, extra))
     return scale, runs
 
@@ -83,11 +98,13 @@ def reports(args: argparse.Namespace, scale: Scale, runs: Sequence[RunSpec]):
     fc = fmt_coef(args.features_coef)
     sweep = tuple(r for r in runs if r.condition.endswith("_encoder"))
     feats = tuple(r for r in runs if r.condition.startswith(f"c0_{fc}_"))
-    return ([ReportSpec(report / "c0_sweep", f"{TITLE}: c0 sweep on {where} ({scale.describe()})", sweep,
-                        group_by="dr3.coef", name="c0 sweep (encoder features)"),
-             ReportSpec(report / "features", f"{TITLE}: encoder vs penultimate features at c0 = {fc} on {where} "
-                        f"({scale.describe()})", feats, group_by="dr3.features", name=f"features at c0 = {fc}")],
-            report, f"{TITLE} on {where} ({scale.describe()})")
+    specs = [ReportSpec(report / "c0_sweep", f"{TITLE}: c0 sweep on {where} ({scale.describe()})", sweep,
+                        group_by="dr3.coef", name="c0 sweep (encoder features)")]
+    if not args.no_features:
+        specs.append(ReportSpec(report / "features", f"{TITLE}: encoder vs penultimate features at c0 = {fc} on "
+                                f"{where} ({scale.describe()})", feats, group_by="dr3.features",
+                                name=f"features at c0 = {fc}"))
+    return specs, report, f"{TITLE} on {where} ({scale.describe()})"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -168,6 +168,38 @@ def test_sensitivity_runs_and_reports():
     assert "GPU scale: 84x84 images" in specs[0].title
 
 
+def test_sensitivity_recipe_scale_sweeps_c0_on_the_learning_recipe(monkeypatch):
+    from visual_dr3.app.cli_args import parse_train_args
+
+    monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
+    args = sensitivity.build_parser().parse_args(["--scale", "recipe", "--coefs", "0.001", "0.1", "--no-features"])
+    scale, runs = sensitivity.plan(args)
+    assert (scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds, scale.jobs) == \
+        (1000, 250, 50, (1, 2, 3), 2)
+    # only the asked c0 values: no run added at --features-coef, no penultimate run
+    assert [r.name for r in runs] == ["c0_0.001_encoder_s1", "c0_0.001_encoder_s2", "c0_0.001_encoder_s3",
+                                      "c0_0.1_encoder_s1", "c0_0.1_encoder_s2", "c0_0.1_encoder_s3"]
+    assert runs[0].dataset.path == Path("data/lift_mixed_48px_50ep.hdf5")
+    assert runs[0].out_dir == Path("runs/study/sensitivity/recipe/c0_0.001_encoder_s1")
+    # the same command as cql_vs_dr3's recipe-scale dr3 condition, c0 aside
+    _, study = plan(cql_vs_dr3, "--scale", "recipe", "--kinds", "mixed", "--conditions", "dr3", "--dr3-coef", "0.1")
+
+    def flags(r):  # the flags without --output-dir and its value
+        a = list(r.train_args)
+        del a[a.index("--output-dir"):a.index("--output-dir") + 2]
+        return a
+
+    dr3_s1 = flags(study[0])
+    sens = flags(runs[3])
+    assert sens[:len(dr3_s1)] == dr3_s1 and sens[len(dr3_s1):] == ["--dr3.features", "encoder"]
+    cfg = parse_train_args(list(runs[3].train_args), configs_dir=ROOT / "configs")
+    assert (cfg.dr3.coef, cfg.dr3.features, cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.seed) == \
+        (0.1, "encoder", "separate_bc", 500, 1)
+    specs, index, _ = sensitivity.reports(args, scale, runs)
+    assert index == Path("reports/sensitivity/recipe") and [s.out.name for s in specs] == ["c0_sweep"]
+    assert "RECIPE scale" in specs[0].title and len(specs[0].runs) == 6
+
+
 def test_bad_options_are_argparse_errors(capsys):
     for argv in (["--max-steps", "0"], ["--seeds", "1", "1"], ["--scale", "tpu"], ["--jobs", "-1"],
                  ["--findings", "/nonexistent/findings.md"]):
