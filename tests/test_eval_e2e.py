@@ -259,6 +259,8 @@ def test_eval_callback_under_two_process_ddp(lift_dataset, tmp_path):
     rep = json.loads((out / "eval" / "step_0000003.json").read_text())
     assert [x["episode"] for x in rep["records"]] == [0, 1, 2] and rep["world_size"] == 2
     assert [x["seed"] for x in rep["records"]] == [episode_seed(0, i) for i in range(3)]
+    # the pool's own setting: rank 0's 2 episodes on 1 worker, 2 envs in the parent's mode, 1 in the workers'
+    assert rep["envs_per_worker"] == {"parent": 2, "workers": 1}[rep["policy_in"]]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt"]
     best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert best["global_step"] == 2 and "visual_dr3" in best

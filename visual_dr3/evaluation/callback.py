@@ -257,7 +257,8 @@ class EvalCallback(Callback):
                 "step": step, "episodes": self.episodes, "seed": self.seed, "deterministic": self.deterministic,
                 "weights": "ema" if getattr(pl_module, "act_with_ema", False) else "trained",
                 "world_size": trainer.world_size, "workers_per_rank": self.workers,
-                "envs_per_worker": 1 if self._pool is not None and self._pool.policy_in_workers else self.envs_per_worker,
+                # what the pool runs with (fewer envs than asked for a short run, one with the policy in a worker)
+                "envs_per_worker": self._pool.envs_per_worker if self._pool is not None else self.envs_per_worker,
                 "policy_in": "workers" if self._pool is not None and self._pool.policy_in_workers else "parent",
                 "best": {"success_rate": self.best_success_rate, "step": self.best_step},
                 "summary": summary, "records": records,
