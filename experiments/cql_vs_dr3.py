@@ -56,6 +56,17 @@ RECIPE_FLAGS = ("--model.actor_encoder", "separate_bc")
 CONDITIONS = ("cql", "dr3", "dr3_pen", "dr3_both", "kl", "dr3_kl")
 
 
+def study_train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Path, seed: int,
+                     condition: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+    """``train.py`` flags of one DR3-study run: ``config`` on the gpu base preset, or at the recipe scale the
+    learning recipe in its place (the cpu preset, :data:`RECIPE_CONFIG`, :data:`RECIPE_FLAGS` before the
+    condition's flags). Shared by this study and ``experiments.sensitivity``."""
+    if scale.name == "recipe":
+        return train_args(RECIPE_CONFIG, scale, task, dataset, out_dir, seed, (*RECIPE_FLAGS, *condition), extra,
+                          preset="cpu")
+    return train_args(config, scale, task, dataset, out_dir, seed, condition, extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], SCALES)
     from visual_dr3.envs.tasks import TASKS
@@ -95,9 +106,7 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
         for kind in args.kinds:
             data = DatasetSpec(task, kind, scale.image_size, scale.episodes, args.data_dir, scale.horizon)
             kind_flags: tuple[str, ...] = ()
-            if scale.name == "recipe":
-                kind_flags = RECIPE_FLAGS  # the preset's 500-step warm-up holds for every kind
-            elif kind == "cog":
+            if kind == "cog" and not recipe:  # (the recipe's 500-step warm-up holds for every kind)
                 kind_flags = ("--algo.bc_warmup_steps", str(int(scale.max_steps * COG_BC_FRACTION)))
             group = f"{task}_{kind}"
             for cond, flags in conditions(args.dr3_coef, args.kl_coef, args.conditions).items():
@@ -106,9 +115,8 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
                     runs.append(RunSpec(
                         name=f"{group}/{cond}_s{seed}", group=group, condition=cond, seed=seed, out_dir=out,
                         dataset=data, max_steps=scale.max_steps,
-                        train_args=train_args(RECIPE_CONFIG if recipe else CONFIGS[kind], scale, task, data.path,
-                                              out, seed, (*kind_flags, *flags), extra,
-                                              preset="cpu" if recipe else "gpu")))
+                        train_args=study_train_args(CONFIGS[kind], scale, task, data.path, out, seed,
+                                                    (*kind_flags, *flags), extra)))
     return scale, runs
 
 

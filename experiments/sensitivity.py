@@ -25,10 +25,10 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/sensitivity.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.cql_vs_dr3 import RECIPE_CONFIG, RECIPE_FLAGS
-from experiments.cql_vs_dr3 import SCALES as STUDY_SCALES
 from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, add_task_and_kind,
-                                base_parser, check_args, fmt_coef, main_flow, resolve_scale, roots, train_args)
+                                base_parser, check_args, fmt_coef, main_flow, resolve_scale, roots)
+from experiments.cql_vs_dr3 import SCALES as STUDY_SCALES
+from experiments.cql_vs_dr3 import study_train_args
 
 EXPERIMENT = "sensitivity"
 CONFIG = CONFIG_DIR / "sensitivity.yaml"
@@ -65,12 +65,9 @@ def _run(args, scale: Scale, data: DatasetSpec, out_root: Path, coef: float, fea
     cond = f"c0_{fmt_coef(coef)}_{features}"
     out = out_root / f"{cond}_s{seed}"
     flags = ("--dr3-coef", fmt_coef(coef), "--dr3.features", features)
-    recipe = scale.name == "recipe"
     return RunSpec(name=f"{cond}_s{seed}", group=EXPERIMENT, condition=cond, seed=seed, out_dir=out, dataset=data,
                    max_steps=scale.max_steps,
-                   train_args=train_args(RECIPE_CONFIG if recipe else CONFIG, scale, args.task, data.path, out, seed,
-                                         (*RECIPE_FLAGS, *flags) if recipe else flags, extra,
-                                         preset="cpu" if recipe else "gpu"))
+                   train_args=study_train_args(CONFIG, scale, args.task, data.path, out, seed, flags, extra))
 
 
 def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
