@@ -96,7 +96,7 @@ def pool_rate(task, env_args, policy, workers: int, envs: int, s, local: bool = 
 def serial_rate(task, policy, env, s) -> tuple[Timing, Breakdown]:
     """Episodes stepped one after the other in ``env`` (one process), the policy called once per step."""
     from visual_dr3.data.replay import PROPRIO_KEY
-    from visual_dr3.evaluation.lockstep import RunTiming
+    from visual_dr3.evaluation.records import RunTiming
     from visual_dr3.evaluation.workers import _RenderClock
 
     clock = _RenderClock(env)

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    from visual_dr3.evaluation.lockstep import RolloutError
+    from visual_dr3.evaluation.records import RolloutError
     from visual_dr3.evaluation.stats import format_summary
 
     try:

@@ -49,7 +49,7 @@ from lightning.pytorch.callbacks import Callback
 
 from visual_dr3.checkpoint import resolve_env_args
 from visual_dr3.errors import UserError, say
-from visual_dr3.evaluation.lockstep import EpisodeResult
+from visual_dr3.evaluation.records import EpisodeResult
 from visual_dr3.evaluation.policy import TorchPolicy
 from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, RolloutPool, envs_for, policy_in_workers
 from visual_dr3.evaluation.stats import env_seed_for, episode_seed, rank_episodes, summarize

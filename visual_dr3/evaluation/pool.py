@@ -16,7 +16,8 @@ from typing import Callable, Collection, Optional, Sequence
 import numpy as np
 
 from visual_dr3.errors import UserError, say
-from visual_dr3.evaluation.lockstep import EpisodeResult, RolloutRun, _Run
+from visual_dr3.evaluation.lockstep import _Run
+from visual_dr3.evaluation.records import EpisodeResult, RolloutRun
 from visual_dr3.evaluation.workers import DEAD, FaultSpec, WorkerSpec, _Worker
 
 START_METHOD = "spawn"

@@ -44,7 +44,8 @@ them); the parent imports torch only when a :class:`TorchPolicy` is built.
 
 from __future__ import annotations
 
-from visual_dr3.evaluation.lockstep import MAX_ATTEMPTS, EpisodeResult, RolloutError, RolloutRun, RunTiming
+from visual_dr3.evaluation.lockstep import MAX_ATTEMPTS
+from visual_dr3.evaluation.records import EpisodeResult, RolloutError, RolloutRun, RunTiming
 from visual_dr3.evaluation.policy import TorchPolicy
 from visual_dr3.evaluation.pool import START_METHOD, RolloutPool
 from visual_dr3.evaluation.workers import (BUSY, DEAD, HAS_OBS, IDLE, PROPRIO_KEY, STARTING, FaultSpec,  # noqa: F401
