@@ -5,7 +5,8 @@ commands (``jobs`` at a time, each in its own session, Ctrl-C / SIGTERM forwarde
 ones by their :func:`run_state`. Every run folder gets
 
 - ``train.log``: the run's stdout and stderr (appended to on every attempt),
-- ``experiment.json``: written when ``train.py`` ends with 0 (``status: done``) or 3 (``status: diverged``),
+- ``experiment.json``: written when ``train.py`` ends with 0 having logged its last step (``status: done``) or
+  3 (``status: diverged``),
   with the steps and the command; a run whose marker covers the planned ``--max-steps`` is skipped.
 
 Every command carries ``--resume auto``: an interrupted run (SIGINT/SIGTERM, crash, killed machine) continues
@@ -54,6 +55,18 @@ def run_state(out_dir: Path, max_steps: int) -> str:
     if (out_dir / "checkpoints" / "last.ckpt").is_file() or (out_dir / "config.yaml").is_file():
         return "partial"
     return "new"
+
+
+def last_logged_step(out_dir: Path) -> int:
+    """The largest ``step`` in the run's ``metrics.csv`` (-1 when there is none): a finished run of ``max_steps``
+    logged its last training step, ``max_steps - 1`` (``LogLastStep``)."""
+    import csv
+
+    try:
+        with open(Path(out_dir) / "metrics.csv", newline="") as f:
+            return max((int(float(r["step"])) for r in csv.DictReader(f) if r.get("step")), default=-1)
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def write_marker(run: RunSpec, status: str, seconds: float) -> None:
@@ -196,7 +209,12 @@ class Runner:
                 with self._lock:
                     self._procs.discard(proc)
         dt = time.time() - t0
-        if rc == 0:
+        if rc == 0 and last_logged_step(out) < run.max_steps - 1:
+            # exit 0 short of max_steps (a second signal during a clean stop ends train.py without its exit code):
+            # not done; --resume auto continues it on the next pass
+            say(f"[{i}/{n}] {out}: train.py exited 0 at logged step {last_logged_step(out)} of {run.max_steps}")
+            status = "stopped"
+        elif rc == 0:
             write_marker(run, "done", dt)
             status = "done"
         elif rc == EXIT_DIVERGED:

@@ -1,6 +1,7 @@
 """The DR3 study scripts (``experiments/``): the runs and commands each builds per scale (exact), skip/resume on
 fake run folders with a fake ``train.py``, and one tiny end-to-end run of the probe through its real CLI."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import common, cql_vs_dr3, learn_to_grasp, sarsa_vs_td, sensitivity  # noqa: E402
+from experiments.runner import last_logged_step  # noqa: E402
 
 CFG = ROOT / "configs" / "experiments"
 
@@ -235,6 +237,8 @@ FAKE_TRAIN = textwrap.dedent('''
     while time.time() < deadline:
         time.sleep(0.02)
     (out / "checkpoints" / "last.ckpt").write_text("x")
+    last = int(get("--fake-last-step", int(get("--max-steps")) - 1))
+    (out / "metrics.csv").write_text("step,loss\\n" + "".join(f"{s},0.5\\n" for s in range(last + 1)))
     print("fake train done")
     sys.exit(int(get("--fake-rc", 0)))
 ''')
@@ -319,6 +323,20 @@ def test_runner_parallel_jobs_and_sigterm_stops_scheduling(tmp_path, fake_train)
     assert not (root2 / "s0" / "experiment.json").exists()
     assert common.run_state(root2 / "s0", 10) == "partial"
     assert common.summarize(res) == 1
+
+
+def test_runner_does_not_mark_done_a_run_that_exited_0_short_of_max_steps(tmp_path, fake_train):
+    # a second signal during a clean stop can end train.py with 0 before its last step: resume it, never skip it
+    root = tmp_path / "runs"
+    run = fake_run(root, "short")
+    run = dataclasses.replace(run, train_args=(*run.train_args, "--fake-last-step", "3"))
+    res = common.Runner([run]).run_all()
+    assert [r.status for r in res] == ["stopped"]
+    assert last_logged_step(root / "short") == 3
+    assert not (root / "short" / "experiment.json").exists()
+    assert common.run_state(root / "short", 10) == "partial"
+    res = common.Runner([fake_run(root, "short")]).run_all()  # the next pass resumes and finishes it
+    assert [r.status for r in res] == ["done"] and calls(root) == ["short", "short"]
 
 
 # -- end to end: the probe through its real CLI ---------------------------------------------------------
