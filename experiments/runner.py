@@ -209,10 +209,11 @@ class Runner:
                 with self._lock:
                     self._procs.discard(proc)
         dt = time.time() - t0
-        if rc == 0 and last_logged_step(out) < run.max_steps - 1:
+        last = last_logged_step(out) if rc == 0 else None
+        if last is not None and last < run.max_steps - 1:
             # exit 0 short of max_steps (a second signal during a clean stop ends train.py without its exit code):
             # not done; --resume auto continues it on the next pass
-            say(f"[{i}/{n}] {out}: train.py exited 0 at logged step {last_logged_step(out)} of {run.max_steps}")
+            say(f"[{i}/{n}] {out}: train.py exited 0 at logged step {last} of {run.max_steps}")
             status = "stopped"
         elif rc == 0:
             write_marker(run, "done", dt)
