@@ -193,3 +193,40 @@ def test_kl_run_logs_its_diagnostics_and_resumes_bitwise(lift_dataset, tmp_path)
     assert len(kl_policy) == 3 and all(v >= 0 for v in kl_policy) and any(v > 0 for v in kl_policy)
     assert all(float(r["kl_backup"]) >= 0 for r in rows)
     # (turning the lagged policy on or off at a resume is refused: test_evaluation's resume-compatibility test)
+
+
+class _Launcher:
+    """Records what GracefulStop asks Lightning's launcher of the other local DDP ranks to do."""
+
+    def __init__(self):
+        self.killed = []
+
+    def kill(self, signum):
+        self.killed.append(signum)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_second_signal_is_a_forced_exit_with_128_plus_signum(sig):
+    # the first signal only sets the flag; the second raises SystemExit(128 + signum), kills the launched ranks
+    # and puts the previous handlers back. Before, it went to the previous handler, which under Lightning is its
+    # SIGTERM notifier: its SIGTERMException is a SystemExit without a code, and train.py ended with 0.
+    from types import SimpleNamespace
+
+    from visual_dr3.learner.callbacks import ForcedExit, GracefulStop
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop, launcher = GracefulStop(), _Launcher()
+    stop.on_train_start(SimpleNamespace(strategy=SimpleNamespace(launcher=launcher)), None)
+    try:
+        assert signal.getsignal(sig) == stop._handler
+        os.kill(os.getpid(), sig)  # a real signal: Python runs the handler in this (the main) thread
+        time.sleep(0.01)
+        assert stop.received == sig and launcher.killed == []
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), sig)
+            time.sleep(0.01)
+        assert isinstance(e.value, ForcedExit) and e.value.code == 128 + int(sig)
+        assert launcher.killed == [signal.SIGKILL]
+        assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        stop._restore()

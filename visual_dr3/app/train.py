@@ -247,8 +247,17 @@ def _diverged_exit(fn):
 @_diverged_exit
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+    from visual_dr3.learner.callbacks import ForcedExit
+
     cfg = parse_train_args(sys.argv[1:] if argv is None else argv, configs_dir=CONFIGS_DIR)
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except ForcedExit as e:
+        import signal
+
+        say(f"stopped at once by a second {signal.Signals(e.signum).name}: no checkpoint written at this step "
+            f"(the last one on disk is whole; continue with --resume auto)")
+        raise
     if rank() == 0 and summary is not None:
         print_summary(summary)
     if summary is not None and summary.get("stopped_by_signal"):

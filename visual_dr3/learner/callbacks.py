@@ -53,14 +53,27 @@ class FinalCheckpoint(Callback):
         trainer.save_checkpoint(str(self.path))
 
 
+class ForcedExit(SystemExit):
+    """A second SIGTERM / SIGINT while a clean stop was under way: exit status ``128 + signal number``."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 class GracefulStop(Callback):
     """SIGTERM / SIGINT stop training at the end of the current step; ``checkpoints/last.ckpt`` is then written
     by :class:`FinalCheckpoint` (``on_train_end``) and the CLI exits with ``128 + signal number``.
 
     The handler only sets a flag (checked at each batch end; under DDP the flag is all-reduced every step, so a
-    signal to any rank stops all ranks at the same step). A second signal while stopping restores the previous
-    handler and re-sends itself (forced exit without a checkpoint). Replaces Lightning's own SIGTERM handler for
-    the training loop (which would exit without saving); restored at the end of training.
+    signal to any rank stops all ranks at the same step). A second signal while stopping is a forced exit: the
+    previous handlers come back, the other processes this one launched (DDP ranks started by Lightning) are
+    killed, and :class:`ForcedExit` (a ``SystemExit`` with ``128 + signal number``) unwinds training (Lightning's teardown runs; no
+    checkpoint is written, the last one on disk stays whole: writes are atomic). It does not hand the signal to
+    the previous handler: under Lightning that is its SIGTERM notifier, whose ``SIGTERMException`` is a
+    ``SystemExit`` without a code, so the forced exit used to end with status 0 as if training had finished.
+    Replaces Lightning's own SIGTERM handler for the training loop (which would exit without saving); restored at
+    the end of training.
     """
 
     SIGNALS = ("SIGTERM", "SIGINT")
@@ -69,14 +82,16 @@ class GracefulStop(Callback):
         self.received: Optional[int] = None
         self.stopping = False  # every rank stops at this step (the end-of-run evaluation is skipped)
         self._previous: dict = {}
+        self._launcher = None  # Lightning's launcher of the other local ranks, if this process started them
 
     def _handler(self, signum, frame) -> None:
-        import os
-
         if self.received is not None:  # second signal: give up on the clean stop
             self._restore()
-            os.kill(os.getpid(), signum)
-            return
+            if self._launcher is not None and hasattr(self._launcher, "kill"):
+                from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_signal
+
+                self._launcher.kill(_get_sigkill_signal())  # as Lightning does on its own forced exit
+            raise ForcedExit(int(signum))
         self.received = signum  # no I/O here: the handler may interrupt a write to stdout
 
     def _restore(self) -> None:
@@ -92,6 +107,7 @@ class GracefulStop(Callback):
 
         if threading.current_thread() is not threading.main_thread():
             return
+        self._launcher = getattr(trainer.strategy, "launcher", None)
         for name in self.SIGNALS:
             signum = getattr(signal, name)
             self._previous[signum] = signal.getsignal(signum)
