@@ -12,7 +12,8 @@ import torch
 
 import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
 from visual_dr3.errors import UserError
-from visual_dr3.evaluation.stats import Z95, env_seed_for, episode_seed, format_summary, summarize, wilson_interval
+from visual_dr3.evaluation.stats import (Z95, env_seed_for, episode_seed, format_summary, newcombe_interval, summarize,
+                                         wilson_interval)
 from visual_dr3.evaluation.video import (FAILURE_RGB, HOLD_FRAMES, SUCCESS_RGB, compose_frame, episode_frames,
                                          upscale_factor, write_episode_video)
 
@@ -24,6 +25,18 @@ SIZE = 32
 # ---------------------------------------------------------------------------------------------------------
 # Wilson interval
 # ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("x1,n1,x2,n2,low,high", [
+    # Newcombe (1998), Statistics in Medicine 17:873-890, Table II, method 10 (hybrid score), examples (a)-(f)
+    (56, 70, 48, 80, 0.0524, 0.3339), (9, 10, 3, 10, 0.1705, 0.8090), (6, 7, 2, 7, 0.0582, 0.8062),
+    (5, 56, 0, 29, -0.0381, 0.1926), (0, 10, 0, 20, -0.1611, 0.2775), (10, 10, 0, 20, 0.6791, 1.0000)])
+def test_newcombe_interval_matches_the_published_examples(x1, n1, x2, n2, low, high):
+    d, lo, hi = newcombe_interval(x1, n1, x2, n2)
+    assert d == pytest.approx(x1 / n1 - x2 / n2)
+    assert (round(lo, 4), round(hi, 4)) == (low, high)
+    with pytest.raises(ValueError, match="n1=0"):
+        newcombe_interval(0, 0, 1, 2)
+
 
 def test_wilson_no_trials_is_the_whole_unit_interval():
     assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -202,3 +202,44 @@ def test_bad_input_in_process(tmp_path, study):
     (study[0] / "metrics.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="no 'step' column"):
         read_run(study[0])
+
+
+def test_differences_pair_seeds_per_step_and_call_only_consistent_differences(tmp_path):
+    from visual_dr3.evaluation.stats import newcombe_interval
+    from visual_dr3.report.compare import HIGHER, LOWER, NOISE, SEEDS_DISAGREE, differences, pairs, verdict
+
+    root = tmp_path / "runs"
+    rows = [(10, 1.0, 5, 0.1, 1.0), (30, 1.0, 5, 0.1, 1.0)]
+    a = [make_run(root, f"a_s{s}", s, 0.0, "td", rows, evals=ev) for s, ev in
+         [(0, [(10, 2, 10), (20, 0, 10), (30, 0, 10)]), (1, [(10, 3, 10), (20, 1, 10), (30, 0, 10)]),
+          (2, [(10, 1, 10), (20, 0, 10), (30, 0, 10)])]]
+    # seed 2 of b never ran: the comparison pairs seeds 0 and 1 only
+    b = [make_run(root, f"b_s{s}", s, 0.01, "td", rows, evals=ev) for s, ev in
+         [(0, [(10, 5, 10), (20, 8, 10), (30, 9, 10)]), (1, [(10, 6, 10), (20, 0, 10), (30, 8, 10)])]]
+    ca, cb = group_runs([read_run(d) for d in a + b])
+    ds = differences(ca, cb)
+    assert [d.step for d in ds] == [10, 20, 30] and all(d.seeds == [0, 1] for d in ds)
+    # step 10: 11/20 vs 5/20, both seeds +3, but the interval [-0.0018, 0.536] holds 0
+    assert (ds[0].successes, ds[0].episodes, ds[0].per_seed) == ((5, 11), (20, 20), [3, 3])
+    assert (ds[0].diff, ds[0].low, ds[0].high) == pytest.approx(newcombe_interval(11, 20, 5, 20), abs=1e-12)
+    assert round(ds[0].low, 4) == -0.0018 and ds[0].verdict == NOISE
+    # step 20: 8/20 vs 1/20, interval [0.090, 0.567] above 0, but seed 1 went down (+8/-1)
+    assert ds[1].per_seed == [8, -1] and round(ds[1].low, 4) == 0.0902 and ds[1].verdict == SEEDS_DISAGREE
+    # step 30: 17/20 vs 0/20, every seed up
+    assert ds[2].per_seed == [9, 8] and ds[2].low > 0 and ds[2].verdict == HIGHER
+    back = differences(cb, ca)  # the other way round: the same interval, negated
+    assert back[2].verdict == LOWER and back[2].per_seed == [-9, -8]
+    assert (back[0].diff, back[0].low, back[0].high) == pytest.approx((-ds[0].diff, -ds[0].high, -ds[0].low))
+    assert verdict(-0.1, 0.2, [5, 5]) == NOISE and verdict(0.01, 0.2, [1, 0]) == SEEDS_DISAGREE
+    assert verdict(-0.3, -0.01, [-1, -2, -3]) == LOWER
+    assert [(x.label, y.label) for x, y in pairs([ca, cb])] == [(ca.label, cb.label)]
+    md = (build_report([str(d) for d in a + b], str(tmp_path / "rep"), verbose=False)["page"]).read_text()
+    assert "## Differences in success" in md and "- C1: dr3.coef=0.0" in md and "- C2: dr3.coef=0.01" in md
+    assert "| b - a | step 10 | step 20 | step 30 |" in md
+    assert ("| C2 - C1 | +0.300 [-0.002, +0.536] (+3/+3) within noise | +0.350 [+0.090, +0.567] (+8/-1) within "
+            "noise (seeds disagree) | +0.850 [+0.") in md and "(+9/+8) **higher** |" in md
+
+
+def test_no_differences_section_without_two_evaluated_conditions(study, tmp_path):
+    md = build_report([str(d) for d in study], str(tmp_path / "rep"), verbose=False)["page"].read_text()
+    assert "## Differences in success" not in md  # one condition has episode counts; the others none

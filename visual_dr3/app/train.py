@@ -175,6 +175,9 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
 def _say_preset(cfg: TrainConfig) -> None:
     import torch
 
+    if cfg.preset not in PRESET_WHY:  # a TrainConfig built in code (benchmarks), not through the CLI's presets
+        say(f"[visual-dr3] preset {cfg.preset}: the config as built, no preset file layered", stdout=True)
+        return
     cuda = torch.cuda.is_available()
     why = ("forced by --preset or VISUAL_DR3_PRESET" if (cfg.preset == "gpu") != cuda
            else "CUDA device visible" if cuda else "no CUDA device visible")

@@ -65,6 +65,20 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return low, high
 
 
+
+def newcombe_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
+    """``(difference, low, high)`` for ``x1/n1 - x2/n2``: Newcombe's hybrid score interval (method 10 of
+    Newcombe, Statistics in Medicine 17, 1998), built from the two Wilson intervals:
+    ``low = d - sqrt((p1 - l1)² + (u2 - p2)²)``, ``high = d + sqrt((u1 - p1)² + (p2 - l2)²)``. It treats the
+    two samples as independent binomials (95% by default)."""
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError(f"newcombe_interval: need episodes on both sides (got n1={n1}, n2={n2})")
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson_interval(x1, n1, z)
+    l2, u2 = wilson_interval(x2, n2, z)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
 def summarize(records: Sequence[Mapping], seconds: float | None = None,
               rollout_seconds: float | None = None) -> dict:
     """Summary of per-episode records (dicts with ``success``, ``return``, ``length``, optional ``error``).

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from visual_dr3.report import compare
 from visual_dr3.report.runs import GROWTH_METRICS, Condition, Run, Summary, fmt_value
 from visual_dr3.report.plots import PLOT_METRICS
 
@@ -91,6 +92,16 @@ def render(title: str, runs: Sequence[Run], conds: Sequence[Condition], summarie
               "heads' penultimate-layer features (logged whichever features DR3 acts on). `-`: not logged (e.g. no "
               "evaluation in a SARSA probe run).", ""]
     lines += table(summaries)
+    diffs = compare.table(conds)
+    if diffs:
+        lines += ["", "## Differences in success", "",
+                  "Each pair of conditions, b - a, at each evaluation step, over the seeds both evaluated there: the "
+                  "difference of the pooled success rates with its 95% interval (Newcombe's hybrid score interval, "
+                  "which treats episodes as independent and so is too narrow when seeds differ), then each seed's "
+                  "own difference in successes. A difference is called higher or lower only when the interval "
+                  "excludes 0 and every seed moved that way; otherwise it is within noise (\"seeds disagree\": the "
+                  "interval excludes 0, but some seed tied or moved the other way).", ""]
+        lines += diffs
     lines += ["", "## Training curves", "",
               "Line: mean across a condition's seeds at each logged step; shaded band: min-max across seeds.", ""]
     if not plots:
