@@ -70,9 +70,10 @@ def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, i
 
 def write_index(out: Path, title: str, sections: Sequence[tuple[ReportSpec, dict]],
                 findings: Optional[str] = None) -> Path:
-    """``<out>/index.md``: the experiment's title, the findings, and per report a link to its page and its
-    table."""
+    """``<out>/index.md``: the experiment's title, the findings, and per report a link to its page, its table
+    and its differences in success."""
     from visual_dr3.fileio import write_text_atomic
+    from visual_dr3.report.compare import table as differences_table
     from visual_dr3.report.page import table
 
     lines = [f"# {title}", ""]
@@ -82,4 +83,8 @@ def write_index(out: Path, title: str, sections: Sequence[tuple[ReportSpec, dict
         rel = os.path.relpath(Path(res["page"]).resolve(), Path(out).resolve())
         lines += [f"## {rep.name or rep.title}", "", f"[{rep.title}]({Path(rel).as_posix()})", ""]
         lines += table(res["summaries"]) + [""]
+        diffs = differences_table(res["conditions"])
+        if diffs:
+            lines += ["Differences in success, b - a (pooled, 95% Newcombe interval, then per seed; the page above "
+                      "says how they are called):", ""] + diffs + [""]
     return write_text_atomic(Path(out) / "index.md", "\n".join(lines))

@@ -438,3 +438,25 @@ def test_cql_vs_dr3_recipe_scale_runs_the_preset_with_every_dr3_layer(monkeypatc
     for cfg in got.values():
         assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.algo.backup, cfg.max_steps, cfg.eval_episodes) \
             == ("separate_bc", 500, "sarsa", 1000, 50)
+
+
+def test_index_page_has_each_reports_table_and_its_differences(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.reports import ReportSpec, build_reports
+    from test_report import make_run
+
+    rows = [(10, 1.0, 5, 0.1, 1.0)]
+    dirs = [make_run(tmp_path / "runs", f"{c}_s{s}", s, coef, "td", rows, evals=[(10, k, 10)])
+            for c, coef, per in (("cql", 0.0, (2, 3)), ("dr3", 0.01, (9, 8))) for s, k in zip((1, 2), per)]
+    rep = ReportSpec(out=tmp_path / "rep" / "lift_mixed", title="lift / mixed",
+                     runs=tuple(SimpleNamespace(out_dir=d) for d in dirs), name="lift / mixed")
+    (tmp_path / "f.md").write_text("DR3 ahead on both seeds.\n")
+    pages = build_reports([rep], index=tmp_path / "rep", index_title="Study", findings=tmp_path / "f.md")
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert pages[-1] == tmp_path / "rep" / "index.md"
+    assert index.index("## Findings\n\nDR3 ahead on both seeds.") < index.index("## lift / mixed")
+    assert "| dr3.coef=0.0 | 2 (1,2) |" in index and "- C2: dr3.coef=0.01" in index
+    # 17/20 against 5/20: +0.600, every seed up
+    assert "| C2 - C1 | +0.600 [+" in index and "(+7/+5) **higher** |" in index
+    assert "## Differences in success" in (tmp_path / "rep" / "lift_mixed" / "index.md").read_text()
