@@ -53,7 +53,7 @@ RECIPE_CONFIG = CONFIG_DIR / "learn_to_grasp.yaml"
 #: 28/150 and on its own imitation-trained encoder 76-101/150 (reports/learn_to_grasp/cpu_mixed_v3/), so every
 #: condition gets that actor and the conditions differ only in the critic's regularizers
 RECIPE_FLAGS = ("--model.actor_encoder", "separate_bc")
-CONDITIONS = ("cql", "dr3", "dr3_pen", "dr3_both", "kl", "dr3_kl")
+CONDITIONS = ("cql", "dr3", "dr3_pen", "dr3_both", "dr3_detach", "kl", "dr3_kl")
 
 
 def study_train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Path, seed: int,
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dr3-coef", type=float, default=0.01, help="c0 of the CQL+DR3 condition (default 0.01)")
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["cql", "dr3"],
                    help="conditions (default cql dr3; dr3_pen / dr3_both = DR3 on the penultimate layer / on both; "
-                        "kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
+                        "dr3_detach = encoder DR3 with no gradient through phi(s') (--dr3.detach_next true, "
+                        "COG's code); kl = CQL+KL, dr3_kl = CQL+DR3+KL)")
     p.add_argument("--kl-coef", type=float, default=KL_COEF,
                    help=f"lambda of the kl and dr3_kl conditions (train.py --kl.coef; default {KL_COEF:g})")
     return p
@@ -91,6 +92,7 @@ def conditions(dr3_coef: float, kl_coef: float = KL_COEF,
     table = {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", c0),
              "dr3_pen": ("--dr3-coef", c0, "--dr3.features", "penultimate"),
              "dr3_both": ("--dr3-coef", c0, "--dr3.features", "both"),
+             "dr3_detach": ("--dr3-coef", c0, "--dr3.detach_next", "true"),
              "kl": ("--dr3-coef", "0", "--kl.coef", lam), "dr3_kl": ("--dr3-coef", c0, "--kl.coef", lam)}
     return {name: table[name] for name in names}
 
