@@ -211,8 +211,8 @@ class Runner:
         dt = time.time() - t0
         last = last_logged_step(out) if rc == 0 else None
         if last is not None and last < run.max_steps - 1:
-            # exit 0 short of max_steps (a second signal during a clean stop ends train.py without its exit code):
-            # not done; --resume auto continues it on the next pass
+            # exit 0 short of max_steps is not done, whatever the cause (an older train.py ended a forced stop by
+            # a second signal with 0): --resume auto continues it on the next pass
             say(f"[{i}/{n}] {out}: train.py exited 0 at logged step {last} of {run.max_steps}")
             status = "stopped"
         elif rc == 0:

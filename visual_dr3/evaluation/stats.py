@@ -65,7 +65,6 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return low, high
 
 
-
 def newcombe_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
     """``(difference, low, high)`` for ``x1/n1 - x2/n2``: Newcombe's hybrid score interval (method 10 of
     Newcombe, Statistics in Medicine 17, 1998), built from the two Wilson intervals:
@@ -78,6 +77,7 @@ def newcombe_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tup
     l2, u2 = wilson_interval(x2, n2, z)
     d = p1 - p2
     return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
 
 def summarize(records: Sequence[Mapping], seconds: float | None = None,
               rollout_seconds: float | None = None) -> dict:

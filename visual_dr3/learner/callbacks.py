@@ -68,8 +68,9 @@ class GracefulStop(Callback):
     The handler only sets a flag (checked at each batch end; under DDP the flag is all-reduced every step, so a
     signal to any rank stops all ranks at the same step). A second signal while stopping is a forced exit: the
     previous handlers come back, the other processes this one launched (DDP ranks started by Lightning) are
-    killed, and :class:`ForcedExit` (a ``SystemExit`` with ``128 + signal number``) unwinds training (Lightning's teardown runs; no
-    checkpoint is written, the last one on disk stays whole: writes are atomic). It does not hand the signal to
+    killed, and :class:`ForcedExit` (a ``SystemExit`` with ``128 + signal number``) unwinds training
+    (Lightning's teardown runs; no checkpoint is written, the last one on disk stays whole: writes are atomic).
+    It does not hand the signal to
     the previous handler: under Lightning that is its SIGTERM notifier, whose ``SIGTERMException`` is a
     ``SystemExit`` without a code, so the forced exit used to end with status 0 as if training had finished.
     Replaces Lightning's own SIGTERM handler for the training loop (which would exit without saving); restored at

@@ -11,7 +11,7 @@ guard against a difference carried by one seed. No torch, no matplotlib.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 from visual_dr3.evaluation.stats import newcombe_interval
 from visual_dr3.report.runs import Condition, EvalPoint
@@ -74,9 +74,21 @@ def differences(a: Condition, b: Condition) -> list[Difference]:
     return out
 
 
+def compared(conds: Sequence[Condition]) -> list[tuple[Condition, Condition, list[Difference]]]:
+    """``(a, b, differences(a, b))`` for every pair of conditions in page order (a before b) that share an
+    evaluated seed and step."""
+    out = []
+    for i, a in enumerate(conds):
+        for b in conds[i + 1:]:
+            ds = differences(a, b)
+            if ds:
+                out.append((a, b, ds))
+    return out
+
+
 def pairs(conds: Sequence[Condition]) -> list[tuple[Condition, Condition]]:
-    """Every pair ``(a, b)`` of conditions in page order (a before b) that share an evaluated seed and step."""
-    return [(a, b) for i, a in enumerate(conds) for b in conds[i + 1:] if differences(a, b)]
+    """The pairs ``(a, b)`` of :func:`compared`."""
+    return [(a, b) for a, b, _ in compared(conds)]
 
 
 def fmt_difference(d: Difference) -> str:
@@ -85,22 +97,19 @@ def fmt_difference(d: Difference) -> str:
     return f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({per}) {mark}"
 
 
-def table(conds: Sequence[Condition], short: Optional[dict] = None) -> list[str]:
-    """Markdown: one row per pair of conditions (``b - a``), one column per evaluation step. ``short`` maps a
-    condition label to the name the table uses (default: C1, C2, ... with a legend above the table)."""
-    prs = pairs(conds)
-    if not prs:
+def table(conds: Sequence[Condition]) -> list[str]:
+    """Markdown: a legend naming the conditions C1, C2, ..., then one row per compared pair (``b - a``) and one
+    column per evaluation step; no lines when no pair shares an evaluated seed and step."""
+    rows = compared(conds)
+    if not rows:
         return []
-    names = short or {c.label: f"C{i}" for i, c in enumerate(conds, 1)}
-    diffs = {(a.label, b.label): {d.step: d for d in differences(a, b)} for a, b in prs}
-    steps = sorted({st for ds in diffs.values() for st in ds})
-    lines = []
-    if short is None:
-        lines += [f"- {names[c.label]}: {c.label}" for c in conds] + [""]
+    names = {c.label: f"C{i}" for i, c in enumerate(conds, 1)}
+    steps = sorted({d.step for _, _, ds in rows for d in ds})
     head = ["b - a", *(f"step {st}" for st in steps)]
+    lines = [f"- {names[c.label]}: {c.label}" for c in conds] + [""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for a, b in prs:
-        ds = diffs[(a.label, b.label)]
-        row = [f"{names[b.label]} - {names[a.label]}", *(fmt_difference(ds[st]) if st in ds else "-" for st in steps)]
+    for a, b, ds in rows:
+        at = {d.step: d for d in ds}
+        row = [f"{names[b.label]} - {names[a.label]}", *(fmt_difference(at[st]) if st in at else "-" for st in steps)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     return lines
