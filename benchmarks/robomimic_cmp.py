@@ -214,8 +214,8 @@ def compare(path: Path, s, device: str) -> list[Row]:
                   note="the same conv stack (ours registered as robomimic's VisualCore backbone)"),
         timing_row("robomimic", f"ours: train.py steps/s (batch {bd}, {tag}, resnet18, DR3 on)", ours_d, "steps/s",
                    note=steps),
-        timing_row("robomimic", f"robomimic 0.3.0 CQL steps/s, default image config (ResNet18; batch {bd}, "
-                   "its image batch size)", default, "steps/s", note=steps),
+        timing_row("robomimic", f"robomimic 0.3.0 CQL steps/s, default image config (ResNet18; batch {bd}"
+                   + (", its image batch size)" if bd == 8 else ")"), default, "steps/s", note=steps),
         ratio_row("robomimic", f"ours / robomimic default, both ResNet18 + spatial softmax (batch {bd})", ours_d,
                   default, target=3.0, note="ours: GroupNorm and DrQ shifts; robomimic: BatchNorm, no augmentation"),
     ]
