@@ -4,8 +4,8 @@
 
 For each task x data kind (a "cell"): ``cql`` (``--dr3-coef 0``) and ``dr3`` (``--dr3-coef 0.01``, encoder
 features) x seeds (``--conditions`` adds ``dr3_pen`` and ``dr3_both``, DR3 on the Q heads' penultimate layer or
-on both, ``kl``, CQL+KL, and ``dr3_kl``, CQL+DR3+KL: ``--kl.coef`` of ``--kl-coef``; ``bc``, behaviour cloning alone,
-the floor), with success-rate
+on both, ``kl``, CQL+KL, and ``dr3_kl``, CQL+DR3+KL: ``--kl.coef`` of ``--kl-coef``, ``dr3_pen_kl`` and
+``dr3_both_kl`` with DR3 on those layers; ``bc``, behaviour cloning alone, the floor), with success-rate
 evaluations during training. ``--scale recipe`` runs the conditions on the learning recipe (the cpu preset of
 ``python train.py``, with the actor on its own imitation-trained encoder), where policies grasp. Configs: ``configs/experiments/cql_vs_dr3_mixed.yaml`` and
 ``cql_vs_dr3_cog.yaml`` (prior/task 50/50, behaviour-cloning warm-up of 10% of the steps). One report per cell
@@ -54,7 +54,7 @@ RECIPE_CONFIG = CONFIG_DIR / "learn_to_grasp.yaml"
 #: 28/150 and on its own imitation-trained encoder 76-101/150 (reports/learn_to_grasp/cpu_mixed_v3/), so every
 #: condition gets that actor and the conditions differ only in the critic's regularizers
 RECIPE_FLAGS = ("--model.actor_encoder", "separate_bc")
-CONDITIONS = ("cql", "dr3", "dr3_pen", "dr3_both", "dr3_detach", "kl", "dr3_kl", "bc")
+CONDITIONS = ("cql", "dr3", "dr3_pen", "dr3_both", "dr3_detach", "kl", "dr3_kl", "dr3_pen_kl", "dr3_both_kl", "bc")
 
 
 def study_train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Path, seed: int,
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["cql", "dr3"],
                    help="conditions (default cql dr3; dr3_pen / dr3_both = DR3 on the penultimate layer / on both; "
                         "dr3_detach = encoder DR3 with no gradient through phi(s') (--dr3.detach_next true, "
-                        "COG's code); kl = CQL+KL, dr3_kl = CQL+DR3+KL; bc = behaviour cloning alone, "
+                        "COG's code); kl = CQL+KL, dr3_kl = CQL+DR3+KL (dr3_pen_kl, dr3_both_kl: on those layers); bc = behaviour cloning alone, "
                         "the floor, on the same data, seeds and evaluations)")
     p.add_argument("--kl-coef", type=float, default=KL_COEF,
                    help=f"lambda of the kl and dr3_kl conditions (train.py --kl.coef; default {KL_COEF:g})")
@@ -96,6 +96,8 @@ def conditions(dr3_coef: float, kl_coef: float = KL_COEF,
              "dr3_both": ("--dr3-coef", c0, "--dr3.features", "both"),
              "dr3_detach": ("--dr3-coef", c0, "--dr3.detach_next", "true"),
              "kl": ("--dr3-coef", "0", "--kl.coef", lam), "dr3_kl": ("--dr3-coef", c0, "--kl.coef", lam),
+             "dr3_pen_kl": ("--dr3-coef", c0, "--dr3.features", "penultimate", "--kl.coef", lam),
+             "dr3_both_kl": ("--dr3-coef", c0, "--dr3.features", "both", "--kl.coef", lam),
              "bc": ("--algorithm", "bc")}
     return {name: table[name] for name in names}
 

@@ -426,17 +426,18 @@ def test_cql_vs_dr3_recipe_scale_runs_the_preset_with_every_dr3_layer(monkeypatc
 
     monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
     scale, runs = plan(cql_vs_dr3, "--scale", "recipe", "--kinds", "mixed", "--conditions", "cql", "dr3", "dr3_pen",
-                       "dr3_both", "dr3_detach", "dr3_kl", "bc")
+                       "dr3_both", "dr3_detach", "dr3_kl", "dr3_pen_kl", "dr3_both_kl", "bc")
     assert (scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds, scale.jobs) == \
         (1000, 250, 50, (1, 2, 3), 2)
-    assert len(runs) == 21 and runs[0].train_args[:4] == ("--preset", "cpu", "--config", str(CFG / "learn_to_grasp.yaml"))
+    assert len(runs) == 27 and runs[0].train_args[:4] == ("--preset", "cpu", "--config", str(CFG / "learn_to_grasp.yaml"))
     got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs if r.seed == 2}
     assert {c: cfg.algorithm for c, cfg in got.items()} == {c: "bc" if c == "bc" else "cql" for c in got}
     got.pop("bc")
     assert {c: (cfg.dr3.coef, cfg.dr3.features, cfg.dr3.detach_next, cfg.kl.coef) for c, cfg in got.items()} == {
         "cql": (0.0, "encoder", False, 0.0), "dr3": (0.01, "encoder", False, 0.0),
         "dr3_pen": (0.01, "penultimate", False, 0.0), "dr3_both": (0.01, "both", False, 0.0),
-        "dr3_detach": (0.01, "encoder", True, 0.0), "dr3_kl": (0.01, "encoder", False, 1.0)}
+        "dr3_detach": (0.01, "encoder", True, 0.0), "dr3_kl": (0.01, "encoder", False, 1.0),
+        "dr3_pen_kl": (0.01, "penultimate", False, 1.0), "dr3_both_kl": (0.01, "both", False, 1.0)}
     # the preset's recipe (its warm-up, backup, steps) with the imitation-trained actor encoder on every run
     for cfg in got.values():
         assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.algo.backup, cfg.max_steps, cfg.eval_episodes) \
