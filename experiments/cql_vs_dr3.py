@@ -80,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=["cql", "dr3"],
                    help="conditions (default cql dr3; dr3_pen / dr3_both = DR3 on the penultimate layer / on both; "
                         "dr3_detach = encoder DR3 with no gradient through phi(s') (--dr3.detach_next true, "
-                        "COG's code); kl = CQL+KL, dr3_kl = CQL+DR3+KL (dr3_pen_kl, dr3_both_kl: on those layers); bc = behaviour cloning alone, "
-                        "the floor, on the same data, seeds and evaluations)")
+                        "COG's code); kl = CQL+KL, dr3_kl = CQL+DR3+KL (dr3_pen_kl, dr3_both_kl: on those "
+                        "layers); bc = behaviour cloning alone, the floor, on the same data, seeds and evaluations)")
     p.add_argument("--kl-coef", type=float, default=KL_COEF,
-                   help=f"lambda of the kl and dr3_kl conditions (train.py --kl.coef; default {KL_COEF:g})")
+                   help=f"lambda of the *kl conditions (train.py --kl.coef; default {KL_COEF:g})")
     return p
 
 
@@ -95,10 +95,10 @@ def conditions(dr3_coef: float, kl_coef: float = KL_COEF,
              "dr3_pen": ("--dr3-coef", c0, "--dr3.features", "penultimate"),
              "dr3_both": ("--dr3-coef", c0, "--dr3.features", "both"),
              "dr3_detach": ("--dr3-coef", c0, "--dr3.detach_next", "true"),
-             "kl": ("--dr3-coef", "0", "--kl.coef", lam), "dr3_kl": ("--dr3-coef", c0, "--kl.coef", lam),
-             "dr3_pen_kl": ("--dr3-coef", c0, "--dr3.features", "penultimate", "--kl.coef", lam),
-             "dr3_both_kl": ("--dr3-coef", c0, "--dr3.features", "both", "--kl.coef", lam),
              "bc": ("--algorithm", "bc")}
+    # each regularized-critic condition also with the KL term (kl = cql + KL, dr3_pen_kl = dr3_pen + KL, ...)
+    table.update({("kl" if base == "cql" else f"{base}_kl"): (*table[base], "--kl.coef", lam)
+                  for base in ("cql", "dr3", "dr3_pen", "dr3_both")})
     return {name: table[name] for name in names}
 
 
