@@ -70,11 +70,12 @@ def build_reports(reports: Sequence[ReportSpec], index: Optional[Path] = None, i
 
 def write_index(out: Path, title: str, sections: Sequence[tuple[ReportSpec, dict]],
                 findings: Optional[str] = None) -> Path:
-    """``<out>/index.md``: the experiment's title, the findings, and per report a link to its page, its table
+    """``<out>/index.md`` (and ``summary.json``): the experiment's title, the findings, and per report a link to its page, its table
     and its differences in success."""
     from visual_dr3.fileio import write_text_atomic
     from visual_dr3.report.compare import table as differences_table
     from visual_dr3.report.page import table
+    from visual_dr3.report.summary import summary_doc, write_summary
 
     lines = [f"# {title}", ""]
     if findings:
@@ -87,4 +88,9 @@ def write_index(out: Path, title: str, sections: Sequence[tuple[ReportSpec, dict
         if diffs:
             lines += ["Differences in success, b - a (pooled, 95% Newcombe interval, then per seed; the page above "
                       "says how they are called):", ""] + diffs + [""]
-    return write_text_atomic(Path(out) / "index.md", "\n".join(lines))
+    page = write_text_atomic(Path(out) / "index.md", "\n".join(lines))
+    # the index's summary.json: every section's conditions, each named after its section
+    conds = [dict(c, name=f"{rep.name or rep.title}: {c['name']}") for rep, res in sections
+             for c in summary_doc(rep.title, res["conditions"])["conditions"]]
+    write_summary(out, {"title": title, "conditions": conds})
+    return page

@@ -155,6 +155,35 @@ def test_report_files_and_page(study, tmp_path):
     assert "python -m visual_dr3.report" in md and "min-max" in md
 
 
+def test_summary_json_beside_the_page(study, tmp_path):
+    from visual_dr3.report.summary import pooled_at, read_summary, schema_problem
+
+    out = tmp_path / "reports" / "study"
+    build_report([str(d) for d in study], str(out), title="Fake study", verbose=False)
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["title"] == "Fake study"
+    assert [c["name"] for c in doc["conditions"]] == ["algo.backup=td, dr3.coef=0.01", "algo.backup=td, dr3.coef=0.0",
+                                                      "algo.backup=sarsa, dr3.coef=0.01"]
+    a, b, sarsa = doc["conditions"]
+    assert a["config"] == {"task": "lift", "data_kind": "mixed", "algorithm": None, "bc_filter": None,
+                           "backup": "td", "n_step": None, "dr3_coef": 0.01, "dr3_features": "encoder",
+                           "kl_coef": None, "max_steps": 20, "image_size": 32}
+    assert a["runs"] == [{"seed": 0, "evals": [{"step": 10, "successes": 2, "episodes": 10},
+                                               {"step": 20, "successes": 6, "episodes": 10}]},
+                         {"seed": 1, "evals": [{"step": 10, "successes": 5, "episodes": 10},
+                                               {"step": 20, "successes": 3, "episodes": 10}]}]
+    # rates from metrics.csv only carry no episode counts: no evaluation in the summary
+    assert b["runs"] == [{"seed": 0, "evals": []}] and sarsa["runs"] == [{"seed": 0, "evals": []}]
+    assert pooled_at(a) == (20, 9, 20, 2) and pooled_at(a, 10) == (10, 7, 20, 2)
+    assert pooled_at(b) is None and pooled_at(a, 30) is None
+    assert read_summary(out) == doc and schema_problem(doc) is None
+    bad = dict(doc, conditions=[dict(a, runs=[{"seed": 0, "evals": [{"step": 1, "successes": 11, "episodes": 10}]}])])
+    assert "successes 11 not in [0, 10]" in schema_problem(bad)
+    (out / "summary.json").write_text("{")
+    with pytest.raises(UserError, match="summary.json: cannot read a summary"):
+        read_summary(out)
+
+
 def test_cli_subprocess_and_bad_input(study, tmp_path):
     out = tmp_path / "rep"
     cmd = [sys.executable, "-m", "visual_dr3.report", *map(str, study[:2]), "--out", str(out), "--title", "T"]
@@ -243,3 +272,52 @@ def test_differences_pair_seeds_per_step_and_call_only_consistent_differences(tm
 def test_no_differences_section_without_two_evaluated_conditions(study, tmp_path):
     md = build_report([str(d) for d in study], str(tmp_path / "rep"), verbose=False)["page"].read_text()
     assert "## Differences in success" not in md  # one condition has episode counts; the others none
+
+
+def test_results_table_from_summaries_and_readme_markers(study, tmp_path):
+    from visual_dr3.report import results
+
+    build_report([str(d) for d in study], str(tmp_path / "reports" / "fake"), title="Fake", verbose=False)
+    reg = tmp_path / "results.yaml"
+    reg.write_text(yaml.safe_dump({"rows": [{"page": "fake", "condition": "algo.backup=td, dr3.coef=0.01",
+                                             "method": "CQL+DR3", "data": "mixed", "wall_time": "9 s",
+                                             "device": "CPU"}]}))
+    table = results.render(reg, tmp_path / "reports")
+    lo, hi = wilson_by_hand(9, 20)
+    assert table.splitlines()[2] == (f"| lift | mixed | CQL+DR3 | **45%** [{lo:.0%}, {hi:.0%}] (9/20, 2 seeds) | 20 "
+                                     f"| 9 s | CPU | [fake](reports/fake/index.md) |")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{results.BEGIN}\nold\n{results.END}\n\ntail\n")
+    argv = ["--registry", str(reg), "--reports", str(tmp_path / "reports")]
+    with pytest.raises(SystemExit) as e:
+        results.main(argv + ["--check", str(readme)])
+    assert e.value.code == 1
+    results.main(argv + ["--write", str(readme)])
+    assert readme.read_text() == f"# x\n\n{results.BEGIN}\n{table}\n{results.END}\n\ntail\n"
+    results.main(argv + ["--check", str(readme)])  # fresh: exit 0
+    reg.write_text(yaml.safe_dump({"rows": [{"page": "fake", "condition": "nope", "method": "m", "data": "d",
+                                             "wall_time": "w", "device": "c"}]}))
+    with pytest.raises(UserError, match="no condition named 'nope'"):
+        results.render(reg, tmp_path / "reports")
+
+
+def test_readme_results_table_matches_the_reports():
+    """The README's results table is the one the committed summaries generate (it cannot drift)."""
+    from visual_dr3.report import results
+
+    root = Path(__file__).resolve().parents[1]
+    table = results.render(root / "reports" / "results.yaml", root / "reports")
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert results.splice(text, table, "README.md") == text
+
+
+def test_every_report_page_has_a_valid_summary():
+    from visual_dr3.report.summary import read_summary
+
+    root = Path(__file__).resolve().parents[1] / "reports"
+    pages = sorted(root.rglob("index.md"))
+    assert len(pages) > 10
+    for page in pages:
+        if page.parent == root:
+            continue  # reports/index.md is the index of pages
+        read_summary(page.parent)  # raises a UserError naming the file when missing or off-schema

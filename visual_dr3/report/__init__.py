@@ -1,5 +1,5 @@
 """Study report: read run folders, group them into conditions (seeds as replicates), write PNG plots and a
-markdown page (``index.md``) with the setup, a per-condition table and the training curves.
+markdown page (``index.md``, with its results as ``summary.json`` beside it) with the setup, a per-condition table and the training curves.
 
     python -m visual_dr3.report runs/a runs/b ... --out reports/NAME [--title T] [--group-by dr3.coef]
         [--findings FINDINGS.md]
@@ -24,12 +24,13 @@ __all__ = ["build_report", "main", "read_findings"]
 
 def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", group_by: Optional[str] = None,
                  command: Optional[str] = None, verbose: bool = True, findings: "str | Path | None" = None) -> dict:
-    """Read ``run_dirs``, write ``<out>/index.md`` and ``<out>/*.png``; the text of the markdown file
+    """Read ``run_dirs``, write ``<out>/index.md``, ``<out>/summary.json`` and ``<out>/*.png``; the text of the markdown file
     ``findings`` goes under "Findings" at the top. Returns ``{"page", "plots", "conditions", "summaries",
     "runs"}``."""
     from visual_dr3.report.page import render
     from visual_dr3.report.plots import plot_all
     from visual_dr3.report.runs import group_runs, read_run, summarize_condition
+    from visual_dr3.report.summary import summary_doc, write_summary
 
     if not run_dirs:
         raise UserError("no run folders given; expected one or more RUN_DIR")
@@ -51,6 +52,7 @@ def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", gr
                              + (["--findings", str(findings)] if findings is not None else []))
     page = write_text_atomic(out_dir / "index.md", render(title, runs, conds, summaries, plots, out_dir, command,
                                                           findings_text))
+    write_summary(out_dir, summary_doc(title, conds))
     if verbose:
         say(f"report: {page} ({len(runs)} runs, {len(conds)} conditions, {len(plots)} plots)")
     return {"page": page, "plots": plots, "conditions": conds, "summaries": summaries, "runs": runs}
