@@ -170,6 +170,46 @@ def test_cog_masks_and_prior_rewards(tmp_path):
         assert json.loads(f["data"].attrs["visual_dr3"])["kind"] == "cog"
 
 
+def test_stitch_modes_masks_and_facts(tmp_path):
+    """The stitch kind: one episode of each mode; no episode from an initial state reaches success; the task
+    episode starts at the grasped cube; the decoys close away from the cube; the facts are in the file."""
+    out = tmp_path / "stitch.hdf5"
+    s = gen.generate_dataset("lift", 4, out, kind="stitch", image_size=SIZE, workers=1, seed=0, progress=False)
+    st = s["stitch"]
+    assert st["modes"] == {"release": 1, "decoy0": 1, "decoy1": 1, "task": 1}
+    assert st["episodes_from_initial_state_to_success"] == 0 and s["successes"] == 1
+    with h5py.File(out, "r") as f:
+        masks = {k: [n.decode() for n in f[f"mask/{k}"][()]] for k in ("prior", "task", "release", "decoy")}
+        assert masks == {"prior": ["demo_0", "demo_1", "demo_2"], "task": ["demo_3"], "release": ["demo_0"],
+                         "decoy": ["demo_1", "demo_2"]}
+        meta = json.loads(f["data"].attrs["visual_dr3"])
+        assert meta["kind"] == "stitch" and meta["stitch"] == st
+        grasp_xy = []
+        for i, role in enumerate(("release", "decoy0", "decoy1")):
+            d = f[f"data/demo_{i}"]
+            assert d.attrs["role"] == role and d.attrs["start_step"] == 0
+            assert np.all(d["rewards"][()] == 0) and np.all(d["dones"][()] == 0)
+            a = d["actions"][()]
+            closed = np.nonzero(a[:, 6] == 1.0)[0]
+            assert len(closed) > 0 and a[-1, 6] == -1.0  # a grasp, then open again
+            assert np.all(a[closed, 2] <= 0)  # never up while closing
+            eef = d["obs/robot0_eef_pos"][()]
+            grasp_xy.append(eef[closed[0], :2])
+            assert eef[-1, 2] > eef[closed[-1], 2] + 0.05  # retreated up at the end
+        # the decoys close on the table beside the cube (>= 9 cm from where the cube can be), not on it
+        assert min(np.linalg.norm(grasp_xy[k] - grasp_xy[0]) for k in (1, 2)) > 0.08
+        t = f["data/demo_3"]
+        assert t.attrs["role"] == "task" and t.attrs["start_step"] == st["task_start_steps"][0] > 20
+        assert np.all(t["actions"][:, 6] == 1.0) and t["rewards"][-1] == 1 and t["dones"][-1] == 1
+        q = t["obs/robot0_gripper_qpos"][0]
+        assert q[0] - q[1] > 0.03  # starts with the fingers held apart by the cube
+    lines = gen.format_summary(s).splitlines()
+    assert lines[2] == "modes: release 1 (25%), decoy0 1 (25%), decoy1 1 (25%), task 1 (25%)"
+    assert lines[3].endswith("episodes from an initial state to success: 0")
+    with pytest.raises(gen.UserError, match="--kind stitch: built for --task lift only"):
+        gen.episode_plan(gen.get_task("pick_place"), "stitch", 0)
+
+
 def _tiny_demo(T=3):
     return dict(actions=np.zeros((T, 7), np.float32), rewards=np.zeros(T, np.float32), dones=np.zeros(T),
                 states=np.zeros((T, 5)), obs={"agentview_image": np.zeros((T, 8, 8, 3), np.uint8)})
@@ -213,7 +253,7 @@ def test_generator_failure_mid_write_leaves_target_intact(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("argv, expected", [
     (["--episodes", "0"], "--episodes: got 0; expected an integer >= 1"),
-    (["--kind", "random"], "--kind: unknown kind 'random'; expected one of expert, mixed, cog"),
+    (["--kind", "random"], "--kind: unknown kind 'random'; expected one of expert, mixed, cog, stitch"),
     (["--task", "drawer"], "unknown task 'drawer' (known: lift, pick_place, stack)"),
     (["--image-size", "4"], "--image-size: got 4; expected an integer >= 8"),
     (["--episodes", "two"], "argument --episodes: invalid int value: 'two'"),

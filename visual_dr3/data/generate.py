@@ -11,6 +11,16 @@ Kinds:
   task, rewards all 0), odd ones ``task`` (the scripted grasp runs unrecorded; recording starts at the
   grasped state and runs to success or the horizon). sigma cycles over 0.1, 0.3, 0.6 per pair.
   Masks ``mask/prior`` and ``mask/task``.
+- ``stitch`` (lift only): data in which no trajectory shows the task, so copying it cannot succeed. Episode
+  i % 4 == 0 ``release`` (grasp the cube, open the fingers again, retreat up), 1 and 2 ``decoy0``/``decoy1``
+  (the same grasp on an empty spot beside the cube, both on one side), 3 ``task`` (as cog's: the grasp runs
+  unrecorded, recording starts at the grasped cube and lifts it to success). No episode runs from an initial
+  state to success; from the initial states the behaviour splits three ways (the average heads off the cube);
+  the grasp that leads to success is only ever followed, in its own episode, by letting go. One step of policy
+  improvement on the behaviour's values sees no reward behind the grasp; values carried back through the
+  task episodes' lift (TD backups) do. Masks ``prior`` (release and decoys), ``task``, ``release``, ``decoy``;
+  the file's ``visual_dr3`` metadata holds ``stitch`` (the share of each mode, where task episodes start, the
+  count of episodes from an initial state to success: 0). sigma cycles over 0.1, 0.3, 0.6 per group of four.
 
 An episode stops at success (that last step has reward 1 and done 1) or at the horizon (done 0);
 prior episodes stop when the prior behaviour is complete (done 0). A prior episode that reaches
@@ -34,12 +44,14 @@ import numpy as np
 import visual_dr3  # noqa: F401  (MUJOCO_GL before mujoco)
 from visual_dr3.data.generate_workers import (WORKER, close_worker_env, init_worker, model_file_for, worker_episode,
                                              worker_pool)
-from visual_dr3.envs.scripted import SCRIPTED_VERSION
+from visual_dr3.envs.scripted import PRIOR_MODES, SCRIPTED_VERSION
 from visual_dr3.envs.tasks import KINDS, TASKS, TaskSpec, get_task
 from visual_dr3.errors import OneLineParser, UserError, cli_entry
 
 EXPERT_SIGMA = 0.1
 COG_SIGMAS = (0.1, 0.3, 0.6)
+#: the roles of the ``stitch`` kind, episode i taking STITCH_ROLES[i % 4]
+STITCH_ROLES = ("release", "decoy0", "decoy1", "task")
 MAX_ATTEMPTS = 5
 VALID_FRACTION = 0.1
 
@@ -48,13 +60,18 @@ VALID_FRACTION = 0.1
 # one episode
 # --------------------------------------------------------------------------------------------------
 def episode_plan(spec: TaskSpec, kind: str, index: int) -> tuple[str, float]:
-    """(role, sigma) of episode ``index``: role is ``full``, ``prior`` or ``task``."""
+    """(role, sigma) of episode ``index``: role is ``full``, ``task`` or a prior mode (``prior``; stitch:
+    ``release``, ``decoy0``, ``decoy1``)."""
     if kind == "expert":
         return "full", EXPERT_SIGMA
     if kind == "mixed":
         return "full", float(spec.mixed_sigmas[index % len(spec.mixed_sigmas)])
     if kind == "cog":
         return ("prior" if index % 2 == 0 else "task"), float(COG_SIGMAS[(index // 2) % len(COG_SIGMAS)])
+    if kind == "stitch":
+        if (spec.scripted_policy or spec.name) != "lift":
+            raise UserError(f"--kind stitch: built for --task lift only (got {spec.name!r})")
+        return STITCH_ROLES[index % 4], float(COG_SIGMAS[(index // 4) % len(COG_SIGMAS)])
     raise UserError(f"--kind: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
@@ -82,10 +99,13 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
         rec: dict[str, list] = {"actions": [], "rewards": [], "dones": [], "states": []}
         rec_obs: dict[str, list] = {k: [] for k in (*image_keys, *proprio_keys)}
         success = prior_hit_success = False
+        prior = role in PRIOR_MODES
+        start_step = 0
         for _ in range(horizon):
             action = policy(obs)
             if not recording and policy.grasped:
                 recording = True  # task demos start at the grasped state, with the first post-grasp action
+                start_step = env_steps
             if recording:
                 for k in rec_obs:
                     rec_obs[k].append(np.array(obs[k]))
@@ -94,13 +114,13 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
             obs, _, _, _ = env.step(action)
             env_steps += 1
             success = bool(env._check_success())
-            if role == "prior" and success:
+            if prior and success:
                 prior_hit_success = True
                 break
             if recording:
                 rec["rewards"].append(1.0 if success else 0.0)
                 rec["dones"].append(1 if success else 0)
-            if success or (role == "prior" and policy.finished):
+            if success or (prior and policy.finished):
                 break
         n = len(rec["actions"])
         if prior_hit_success:
@@ -129,6 +149,7 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
         "seed": env_seed,
         "attempt": attempt,
         "env_steps": env_steps,
+        "start_step": start_step,
         "actions": np.stack(rec["actions"]).astype(np.float32),
         "rewards": np.asarray(rec["rewards"], dtype=np.float32),
         "dones": np.asarray(rec["dones"], dtype=np.int64),
@@ -248,10 +269,12 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
         "env_steps_per_s": env_steps / seconds if seconds > 0 else 0.0, "path": str(out_path),
         "workers": workers, "image_size": int(image_size), "seed": int(seed),
     }
-    if kind == "cog":
+    if kind in ("cog", "stitch"):
         for role, (n, s) in tally["role_counts"].items():
             summary[f"{role}_episodes"] = n
             summary[f"{role}_success_rate"] = s / n
+    if kind == "stitch":
+        summary["stitch"] = tally["stitch"]
     return summary
 
 
@@ -262,13 +285,19 @@ def _write_episodes(writer, results, model_file: str, kind: str, episodes: int, 
     successes = transitions = env_steps = 0
     role_counts: dict[str, list[int]] = {}
     roles: list[str] = []
+    starts: list[int] = []  # task episodes: env steps run unrecorded before the grasp
+    from_initial_to_success = 0
     for ep in results:
         writer.add_demo(
             ep["actions"], ep["rewards"], ep["dones"], ep["states"], ep["obs"], model_file=model_file,
             attrs={"success": int(ep["success"]), "sigma": ep["sigma"], "role": ep["role"],
-                   "seed": ep["seed"], "attempt": ep["attempt"]},
+                   "seed": ep["seed"], "attempt": ep["attempt"], "start_step": ep["start_step"]},
         )
         roles.append(ep["role"])
+        if ep["role"] == "task":
+            starts.append(int(ep["start_step"]))
+        elif ep["success"]:
+            from_initial_to_success += 1
         rc = role_counts.setdefault(ep["role"], [0, 0])
         rc[0] += 1
         rc[1] += int(ep["success"])
@@ -283,10 +312,25 @@ def _write_episodes(writer, results, model_file: str, kind: str, episodes: int, 
     if kind == "cog":
         for role in ("prior", "task"):
             writer.set_mask(role, [f"demo_{i}" for i, r in enumerate(roles) if r == role])
+    stitch = None
+    if kind == "stitch":
+        groups = {"prior": set(PRIOR_MODES), "task": {"task"}, "release": {"release"}, "decoy": {"decoy0", "decoy1"}}
+        for name, members in groups.items():
+            writer.set_mask(name, [f"demo_{i}" for i, r in enumerate(roles) if r in members])
+        stitch = {
+            "modes": {r: roles.count(r) for r in STITCH_ROLES},
+            "mode_share": {r: roles.count(r) / len(roles) for r in STITCH_ROLES},
+            "task_start": "cube grasped: the scripted reach and grasp ran unrecorded, recording starts with the "
+                          "first action after the fingers closed on the cube",
+            "task_start_steps": ([int(min(starts)), float(np.mean(starts)), int(max(starts))] if starts else None),
+            "episodes_from_initial_state_to_success": from_initial_to_success,
+        }
+        writer.meta["stitch"] = stitch
     writer.meta["successes"] = successes
     writer.meta["success_rate"] = successes / episodes
     writer.meta["transitions"] = transitions
-    return {"successes": successes, "transitions": transitions, "env_steps": env_steps, "role_counts": role_counts}
+    return {"successes": successes, "transitions": transitions, "env_steps": env_steps, "role_counts": role_counts,
+            "stitch": stitch}
 
 
 def format_summary(s: dict) -> str:
@@ -301,6 +345,13 @@ def format_summary(s: dict) -> str:
     if s["kind"] == "cog":
         lines.insert(2, "  ".join(f"{r}: {s.get(f'{r}_episodes', 0)} episodes, "
                                   f"{s.get(f'{r}_success_rate', 0.0):.1%} success" for r in ("prior", "task")))
+    if s["kind"] == "stitch":
+        st = s["stitch"]
+        lines.insert(2, "modes: " + ", ".join(f"{r} {n} ({st['mode_share'][r]:.0%})" for r, n in st["modes"].items()))
+        span = st["task_start_steps"]
+        lines.insert(3, "task episodes start at the grasped cube" + (
+            f" (after {span[0]}-{span[2]} unrecorded steps, mean {span[1]:.1f})" if span else "")
+            + f"; episodes from an initial state to success: {st['episodes_from_initial_state_to_success']}")
     return "\n".join(lines)
 
 

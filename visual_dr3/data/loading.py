@@ -39,6 +39,8 @@ class SourceSpec:
     path: str
     filter_key: Optional[str] = None
     weight: Optional[float] = 1.0
+    #: only these demos (names under ``data/``), e.g. filtered BC's selection; None: every demo of the mask
+    demos: Optional[tuple[str, ...]] = None
 
 
 def _as_spec(s, i: int) -> SourceSpec:
@@ -52,7 +54,8 @@ def _as_spec(s, i: int) -> SourceSpec:
         raise UserError(f"sources[{i}]: {s!r} is not a SourceSpec or path; expected SourceSpec(path, filter_key, weight)")
     if not spec.path:
         raise UserError(f"sources[{i}]: empty path; expected an HDF5 file")
-    return SourceSpec(path=os.fspath(spec.path), filter_key=spec.filter_key, weight=spec.weight)
+    return SourceSpec(path=os.fspath(spec.path), filter_key=spec.filter_key, weight=spec.weight,
+                      demos=getattr(spec, "demos", None))
 
 
 def _label(spec: SourceSpec, i: int) -> str:
@@ -124,7 +127,8 @@ def _plan_files(specs: list[SourceSpec], image_keys: list[str], proprio_keys: li
     image_hw, proprio_dims = None, None
     for real, idxs in by_file.items():
         label = specs[idxs[0]].path
-        plan = scan_file(label, [specs[i].filter_key for i in idxs], image_keys, proprio_keys, action_dim,
+        plan = scan_file(label, [specs[i].filter_key if specs[i].demos is None else specs[i].demos for i in idxs],
+                         image_keys, proprio_keys, action_dim,
                          expect_hw, image_hw, proprio_dims)
         action_dim = plan.action_dim if action_dim is None else action_dim
         image_hw, proprio_dims = plan.image_hw or image_hw, plan.proprio_dims

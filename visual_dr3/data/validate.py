@@ -212,8 +212,15 @@ def scan_file(path: str, filter_keys: Sequence[Optional[str]], image_keys: Seque
 
         demo_set = set(all_demos)
         wanted: list[list[str]] = []
-        for fk in filter_keys:
-            wanted.append(list(all_demos) if fk is None else read_mask(path, f, fk, demo_set))
+        for fk in filter_keys:  # None: every demo; a mask name; or an explicit tuple of demo names
+            if isinstance(fk, tuple):
+                unknown = [n for n in fk if n not in demo_set]
+                if unknown or not fk:
+                    raise UserError(f"{path}: demo selection {', '.join(unknown[:5]) or '(empty)'}: expected names "
+                                    f"of data/<demo> groups")
+                wanted.append(list(fk))
+            else:
+                wanted.append(list(all_demos) if fk is None else read_mask(path, f, fk, demo_set))
         needed = set(n for names in wanted for n in names)
         order = [n for n in all_demos if n in needed]
         index = {n: i for i, n in enumerate(order)}

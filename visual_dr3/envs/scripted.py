@@ -13,6 +13,11 @@ Modes:
   (lift: it never raises the cube towards the success height).
 - ``task`` (COG task data): the same as ``full``; the generator runs the grasp without recording and
   starts recording once :attr:`ScriptedPolicy.grasped` is True (gripper closed on the object).
+- ``release``, ``decoy0``, ``decoy1`` (lift only; the ``stitch`` data kind's prior data): a grasp, then the
+  fingers open again and the hand retreats up, and the policy is finished. ``release`` grasps the cube,
+  ``decoy0``/``decoy1`` close on an empty spot of the table (:attr:`LiftPolicy.DECOYS`, beside the cube, both
+  on the same side so that the average of the three behaviours does not head for the cube). No recorded
+  continuation of theirs ever lifts the cube.
 
 Object and end-effector positions are read from the simulator (``env.sim``), so the policies do not
 need object observations.
@@ -23,7 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 GAIN = 10.0
-MODES = ("full", "prior", "task")
+MODES = ("full", "prior", "task", "release", "decoy0", "decoy1")
+#: the modes whose episodes end without the task (prior data): ``finished`` ends them
+PRIOR_MODES = ("prior", "release", "decoy0", "decoy1")
 #: version of the scripted policies, stored in generated datasets (``scripted_version``); a default dataset
 #: made by an older version is generated again. 2: lift and pick_place aim off centre, close by height and
 #: lift once the fingers stop (learnable from one frame; see reports/learn_to_grasp/). 3: lift closes at one
@@ -167,15 +174,33 @@ class LiftPolicy(ScriptedPolicy):
 
     task = "lift"
 
+    #: xy offsets (m) from the cube's initial position of the ``decoy0``/``decoy1`` grasps: on the table,
+    #: clear of the cube (5 cm wide) and the fingers (~8 cm open), both on the +y side
+    DECOYS = ((0.0, 0.15), (-0.08, 0.13))
+    #: steps the ``release``/decoy modes hold the fingers open after closing, before retreating up
+    OPEN_STEPS = 8
+    #: m the ``release``/decoy modes retreat up once open
+    RETREAT = 0.12
+
     AIM_RADIUS = 0.012
     #: m from the cube's centre: the descent's target, below the table-stopped fingertips (~ -0.010)
     GRASP_DZ = -0.012
     #: closing starts once the hand is within this of GRASP_DZ in height, i.e. level with the cube's centre
     CLOSE_DZ = 0.012
 
+    def reset(self) -> None:
+        super().reset()
+        self.decoy: np.ndarray | None = None  # the decoy grasp point, fixed at the episode's first step
+
     def _plan(self, eef):
         cube = self.body_pos(self.env.cube_body_id)
-        out = self._reach_and_grasp(eef, cube, grasp_dz=self.GRASP_DZ, descend_tol=self.CLOSE_DZ, z_only=True,
+        target = cube
+        if self.mode in ("decoy0", "decoy1"):
+            if self.decoy is None:
+                dx, dy = self.DECOYS[int(self.mode[-1])]
+                self.decoy = cube + np.array([dx, dy, 0.0])
+            target = self.decoy
+        out = self._reach_and_grasp(eef, target, grasp_dz=self.GRASP_DZ, descend_tol=self.CLOSE_DZ, z_only=True,
                                     settle=True, close_descending=True)
         if out is not None:
             return out
@@ -183,10 +208,22 @@ class LiftPolicy(ScriptedPolicy):
             if self.phase == 3 and self.t >= 8:
                 self.finished = True
             return self.anchor, 1.0
+        if self.mode in ("release", "decoy0", "decoy1"):
+            if self.phase == 3:  # open where the grasp closed
+                if self.t >= self.OPEN_STEPS:
+                    self._next(anchor=self.anchor)
+                else:
+                    return self.anchor, -1.0
+            up = self.anchor + np.array([0.0, 0.0, self.RETREAT])  # retreat up, open
+            if eef[2] > up[2] - 0.01 or self.t >= 30:
+                self.finished = True
+            return up, -1.0
         return self.anchor + np.array([0.0, 0.0, 0.25]), 1.0
 
     def act(self, obs=None) -> np.ndarray:
         action = super().act(obs)
+        if self.mode in ("release", "decoy0", "decoy1") and self.phase in (2, 3):
+            action[2] = min(action[2], 0.0)  # never move up while the fingers hold or let go of the cube
         if self.mode == "prior" and self.phase >= 2:
             # once closing on the cube, never move up (noise included): the cube must stay below the
             # success height, which is only ~1 cm over its resting height
@@ -318,4 +355,6 @@ def make_policy(task, env, sigma: float = 0.0, rng: np.random.Generator | None =
     from visual_dr3.envs.tasks import get_task
 
     spec = get_task(task)
+    if mode in ("release", "decoy0", "decoy1") and (spec.scripted_policy or spec.name) != "lift":
+        raise ValueError(f"mode {mode!r} is built for lift only (task {spec.name!r})")
     return POLICIES[spec.scripted_policy or spec.name](env, sigma=sigma, rng=rng, mode=mode)

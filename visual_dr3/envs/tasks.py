@@ -16,7 +16,7 @@ DEFAULT_PROPRIO_KEYS: tuple[str, ...] = ("robot0_eef_pos", "robot0_eef_quat", "r
 PROPRIO_KEY = "proprio"
 
 #: Dataset kinds the generator knows (see ``visual_dr3.data.generate``).
-KINDS: tuple[str, ...] = ("expert", "mixed", "cog")
+KINDS: tuple[str, ...] = ("expert", "mixed", "cog", "stitch")
 
 
 @dataclass(frozen=True)

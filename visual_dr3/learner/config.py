@@ -42,7 +42,7 @@ class DataConfig:
     fixed_action_dims: Literal["auto", "none"] = "auto"
     """``auto``: action dims that hold one value in every dataset transition (the scripted data's rotation) are
     held at that value; the policy and Q see only the others. ``none``: learn every dim."""
-    kind: Optional[Literal["expert", "mixed", "cog"]] = None
+    kind: Optional[Literal["expert", "mixed", "cog", "stitch"]] = None
     """Kind of the task's default dataset, generated when ``dataset`` is None and it is missing (None: the task's)."""
     episodes: Optional[int] = None
     """Episodes of the generated default dataset (None: the task's default)."""
@@ -157,6 +157,9 @@ class AlgoConfig:
     """Upper clip of the ``awr`` weights (IQL uses 100)."""
     bc_weight: float = 0.0
     """After the warm-up, add ``bc_weight * -log pi(a_data|s)`` to the SAC actor loss (0: pure SAC)."""
+    bc_filter: Optional[str] = None
+    """Filtered BC (``--algorithm bc`` only): clone only the demos whose return is > 0 (``success``) or in the top K%
+    by return (``topK``, e.g. ``top10``; ties at the cut kept); None clones every demo."""
     n_step: int = 1
     """n-step returns: sum of n discounted rewards, bootstrapped from s_{t+n}; shorter at terminals and demo ends."""
     grad_clip: float = 0.0
@@ -279,6 +282,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0.0 < cfg.kl.tau <= 1.0, "kl.tau", "a number in (0, 1]", cfg.kl.tau)
     need(cfg.kl.coef == 0 or cfg.algorithm == "cql", "kl.coef", "0 with --algorithm bc (no critic, no greedy "
          "step to regularize)", cfg.kl.coef)
+    if cfg.algo.bc_filter is not None:
+        from visual_dr3.data.filtering import parse_filter
+
+        need(cfg.algorithm == "bc", "algo.bc_filter", "null unless --algorithm bc (filtered behaviour cloning)",
+             cfg.algo.bc_filter)
+        need(parse_filter(cfg.algo.bc_filter) is not None, "algo.bc_filter",
+             "success or topK with K in 1..100 (e.g. top10)", cfg.algo.bc_filter)
     for flag, v in [("algo.critic_lr", cfg.algo.critic_lr), ("algo.actor_lr", cfg.algo.actor_lr),
                     ("algo.alpha_lr", cfg.algo.alpha_lr), ("algo.init_alpha", cfg.algo.init_alpha),
                     ("algo.awr_beta", cfg.algo.awr_beta), ("algo.awr_max_weight", cfg.algo.awr_max_weight),

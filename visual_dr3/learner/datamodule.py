@@ -73,8 +73,13 @@ class ReplayDataModule(L.LightningDataModule):
         self._pending = deque()
 
     def source_specs(self) -> list[SourceSpec]:
-        return [SourceSpec(path=s.path or self.dataset, filter_key=s.filter_key, weight=s.weight)
-                for s in self.cfg.data.sources]
+        specs = [SourceSpec(path=s.path or self.dataset, filter_key=s.filter_key, weight=s.weight)
+                 for s in self.cfg.data.sources]
+        if self.cfg.algo.bc_filter is not None:  # filtered BC: only the demos the rule keeps
+            from visual_dr3.data.filtering import filter_sources
+
+            specs = filter_sources(specs, self.cfg.algo.bc_filter)
+        return specs
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.replay is not None:
