@@ -444,6 +444,33 @@ def test_cql_vs_dr3_recipe_scale_runs_the_preset_with_every_dr3_layer(monkeypatc
             == ("separate_bc", 500, "sarsa", 1000, 50)
 
 
+def test_stitch_benchmark_runs_every_condition_on_the_recipe(monkeypatch):
+    from experiments import stitch
+    from visual_dr3.app.cli_args import parse_train_args
+
+    monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
+    scale, runs = plan(stitch)
+    assert (scale.name, scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds, scale.episodes) == \
+        ("recipe", 1000, 250, 50, (1, 2, 3), 100)
+    assert len(runs) == 27 and {r.dataset.path.name for r in runs} == {"lift_stitch_48px_100ep.hdf5"}
+    assert runs[0].dataset.kind == "stitch"
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs if r.seed == 1}
+    assert {c: (cfg.algorithm, cfg.algo.bc_filter, cfg.algo.backup, cfg.dr3.coef, cfg.dr3.features, cfg.kl.coef)
+            for c, cfg in got.items()} == {
+        "bc": ("bc", None, "sarsa", 0.01, "encoder", 0.0),
+        "bc_filtered": ("bc", "success", "sarsa", 0.01, "encoder", 0.0),
+        "sarsa": ("cql", None, "sarsa", 0.01, "encoder", 0.0),
+        "sarsa_kl": ("cql", None, "sarsa", 0.01, "encoder", 1.0),
+        "td": ("cql", None, "td", 0.0, "encoder", 0.0),
+        "td_dr3": ("cql", None, "td", 0.01, "encoder", 0.0),
+        "td_dr3_pen": ("cql", None, "td", 0.01, "penultimate", 0.0),
+        "td_kl": ("cql", None, "td", 0.0, "encoder", 1.0),
+        "td_dr3_pen_kl": ("cql", None, "td", 0.01, "penultimate", 1.0)}
+    for cfg in got.values():  # the recipe: its warm-up and steps, the imitation-trained actor encoder
+        assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.max_steps, cfg.task) == \
+            ("separate_bc", 500, 1000, "lift")
+
+
 def test_index_page_has_each_reports_table_and_its_differences(tmp_path):
     from types import SimpleNamespace
 
