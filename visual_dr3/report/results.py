@@ -84,8 +84,7 @@ def splice(text: str, table: str, where: str) -> str:
     return f"{head}{BEGIN}\n{table}\n{END}{tail}"
 
 
-@cli_entry
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m visual_dr3.report.results", description=__doc__.split("\n\n")[0])
     p.add_argument("--registry", default="reports/results.yaml", help="the rows (default: %(default)s)")
     p.add_argument("--reports", default="reports", help="the folder the rows' pages are in (default: %(default)s)")
