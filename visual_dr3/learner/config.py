@@ -87,7 +87,7 @@ class CQLConfig:
     target_gap: float = 5.0
     """Target of logsumexp(Q) - Q(data) for the Lagrange version (robomimic uses 5.0)."""
     max_q_backup: bool = False
-    """Back up the max over ``num_actions`` policy samples at s' (CQL's max-backup) instead of one sample."""
+    """Back up the max over ``num_actions`` policy samples at s' (CQL's max-backup) instead of one (td only)."""
     lagrange_lr: Optional[float] = None
     """Adam learning rate of the Lagrange multiplier's log (it moves ~lr per step); None: ``algo.critic_lr``."""
     init_alpha_prime: float = 1.0
@@ -105,7 +105,8 @@ class DR3Config:
     features: Literal["encoder", "penultimate", "both"] = "encoder"
     """phi: the encoder output (as in the COG/image code), the Q heads' penultimate layer (dopamine), or both."""
     next_action: Literal["backup", "policy", "data"] = "backup"
-    """a' for penultimate features: the backup's a' (policy sample for td, dataset a' for sarsa), a policy sample, or the dataset's."""
+    """a' for penultimate features: the backup's a' (td: pi's sample or mean, per ``algo.target_action``; sarsa:
+    the dataset's a'), a policy sample, or the dataset's."""
     detach_next: bool = False
     """Stop the gradient through phi(s',a') (COG code) instead of through both sides (the paper, dopamine)."""
     mask_done: bool = True

@@ -1,6 +1,7 @@
 """One CQL + DR3 + SAC update as a function of networks and a batch (no Lightning in here).
 
-The encoder runs once on the stacked [s; s'] batch. Everything is summed into one scalar so that a
+The encoder runs once on the stacked [s; s'] batch (and its Polyak copy on s' when the target network has one,
+``algo.target_encoder``). Everything is summed into one scalar so that a
 single backward (one DDP gradient all-reduce) serves the critic, actor, entropy and Lagrange optimizers;
 the pieces are kept apart by stopping gradients:
 - critic loss  = TD + CQL(H) + c0 * DR3  -> critic encoder and Q heads;
@@ -93,7 +94,8 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     """All losses of one step. ``step`` is the global step (a Python int: BC warm-up switch).
 
     The encoder runs once on the stacked ``[s; s']`` batch. Random draws, in this order, all from
-    ``generator``: the policy's a' (target), the CQL actions (uniform, pi(s), pi(s')), the actor's action.
+    ``generator``: the policy's a' (target; drawn with ``target_action mean`` too), ``num_actions`` more with the
+    max-Q backup, the CQL actions (uniform, pi(s), pi(s')), the actor's action.
     """
     if cfg.algorithm == "bc":
         return compute_bc_update(nets, batch, cfg, generator)
