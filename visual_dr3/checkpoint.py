@@ -21,7 +21,8 @@ REQUIRED_META = ("config", "image_keys", "proprio_keys", "image_size", "action_d
 #: render settings that change pixels (MUJOCO_GL egl vs osmesa and hard_reset do not)
 PIXEL_RENDER_KEYS = ("reflection", "offsamples", "image_convention")
 #: config keys that decide the networks' shapes and what is trained: a resume must match them
-RESUME_KEYS = ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fixed_action_dims", "kl.on")
+RESUME_KEYS = ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fixed_action_dims", "kl.on",
+               "algo.target_encoder")
 
 
 def read_checkpoint(path: "str | os.PathLike", flag: str = "--checkpoint", mmap: bool = False) -> dict:
@@ -70,7 +71,7 @@ def check_resume_compatible(path: "str | os.PathLike", cfg, image_size: int) -> 
     old = _with_kl_on(meta.get("config", {}))
     now = _with_kl_on(to_dict(cfg))
     # what a checkpoint written before a key existed had: the model fields' defaults, CQL, every action dim learned
-    legacy = {"algorithm": "cql", "data.fixed_action_dims": "none", "kl.on": False}
+    legacy = {"algorithm": "cql", "data.fixed_action_dims": "none", "kl.on": False, "algo.target_encoder": False}
     diffs = []
     for key in RESUME_KEYS:
         a, b = old, now

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from visual_dr3.data.nstep import n_step_transitions
+from visual_dr3.data.nstep import n_step_transitions, return_to_go
 from visual_dr3.data.sampling import PROPRIO_KEY, ResidentReplay, _place, _want_pin
 from visual_dr3.data.validate import FilePlan, first_line, open_h5, scan_file
 from visual_dr3.errors import UserError
@@ -152,6 +152,7 @@ class _Layout:
     dones: np.ndarray
     proprio: np.ndarray
     discount: Optional[np.ndarray] = None  # gamma**k per transition (n-step), or None
+    mc_return: Optional[np.ndarray] = None  # discounted return to go of each transition's s_t, a_t (or None)
 
 
 def _layout(p1: _Plan) -> _Layout:
@@ -194,6 +195,15 @@ def _layout(p1: _Plan) -> _Layout:
     return lay
 
 
+def _apply_rewards(lay: _Layout, scale: float, bias: float, discount: Optional[float]) -> None:
+    """Rewards read as ``scale * r + bias`` (float64 arithmetic; untouched at 1 and 0), then, with ``discount``,
+    each one-step transition's discounted Monte-Carlo return to go (:func:`return_to_go`), in place."""
+    if scale != 1.0 or bias != 0.0:
+        lay.rewards = (float(scale) * lay.rewards.astype(np.float64) + float(bias)).astype(np.float32)
+    if discount is not None:
+        lay.mc_return = return_to_go(lay.rewards, lay.dones, lay.obs_index, lay.next_index, float(discount))
+
+
 def _apply_n_step(lay: _Layout, n_step: int, discount: float) -> None:
     """Turn the one-step transitions of ``lay`` into n-step ones (in place; see :func:`n_step_transitions`)."""
     ns = n_step_transitions(lay.rewards, lay.dones, lay.obs_index, lay.next_index, lay.valid, int(n_step),
@@ -221,7 +231,8 @@ def _check_memory(specs: list[SourceSpec], lay: _Layout, image_hw: Optional[tupl
     H, W = image_hw if image_hw is not None else (0, 0)
     F, N = lay.proprio.shape[0], lay.obs_index.shape[0]
     frame_bytes = F * 3 * H * W * cameras
-    total_bytes = frame_bytes + lay.proprio.nbytes + 2 * lay.actions.nbytes + N * (8 + 8 + 4 + 4) + 8 * sum(sizes)
+    per_transition = 8 + 8 + 4 + 4 + 4 + 4  # obs/next index, reward, done, discount, return to go
+    total_bytes = frame_bytes + lay.proprio.nbytes + 2 * lay.actions.nbytes + N * per_transition + 8 * sum(sizes)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device if device.index is not None else torch.cuda.current_device())
         if total_bytes > 0.9 * free:
@@ -232,7 +243,8 @@ def _check_memory(specs: list[SourceSpec], lay: _Layout, image_hw: Optional[tupl
 def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str], action_dim: Optional[int] = None,
                 device: Union[str, torch.device] = "cpu", expect_image_size=None, *, pin_memory: bool = False,
                 progress: Optional[bool] = None, n_step: int = 1,
-                discount: Optional[float] = None) -> ResidentReplay:
+                discount: Optional[float] = None, reward_scale: float = 1.0,
+                reward_bias: float = 0.0) -> ResidentReplay:
     """Load ``sources`` (SourceSpecs or paths; a single one is accepted too) into a :class:`ResidentReplay`.
 
     ``image_keys``: obs keys of uint8 ``(T, H, W, 3)`` images, one tensor each. ``proprio_keys``: obs keys
@@ -242,8 +254,10 @@ def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str],
     (H, W) every camera must have. ``pin_memory``: pin CPU tensors (only when a CUDA device exists).
     ``progress``: tqdm bar on stderr while reading images (None: when there are >= 50 demos).
     ``n_step``, ``discount``: n-step transitions (see :mod:`visual_dr3.data.replay`); with ``discount``
-    given, batches carry ``discount`` (gamma^k per sample), otherwise None (the learner's gamma applies, one
-    step).
+    given, batches carry ``discount`` (gamma^k per sample) and ``mc_return`` (the discounted return to go of
+    (s_t, a_t) within its demo, stopping at a terminal), otherwise both None (the learner's gamma applies, one
+    step). ``reward_scale``, ``reward_bias``: every reward is read as ``scale * r + bias``, before n-step sums and
+    returns to go.
     Every input problem raises a one-line :class:`UserError` naming the file and key.
     """
     if n_step > 1 and discount is None:
@@ -263,6 +277,7 @@ def load_replay(sources, image_keys: Sequence[str], proprio_keys: Sequence[str],
 
     p1 = _plan_files(specs, image_keys, proprio_keys, action_dim, expect_hw)
     lay = _layout(p1)
+    _apply_rewards(lay, reward_scale, reward_bias, discount)
     if discount is not None:
         _apply_n_step(lay, n_step, discount)
     tables = _source_tables(specs, p1, lay)
@@ -300,6 +315,7 @@ def _resident(lay: _Layout, frames: dict[str, Tensor], tables: list[np.ndarray],
         frames=frames, proprio=put(lay.proprio), obs_index=put(lay.obs_index), next_index=put(lay.next_index),
         action=put(lay.actions), next_action=put(lay.next_actions), reward=put(lay.rewards), done=put(lay.dones),
         discount=None if lay.discount is None else put(lay.discount),
+        mc_return=None if lay.mc_return is None else put(lay.mc_return),
         source_tables=[torch.from_numpy(t) for t in tables],
         sources=specs, weights=weights, image_keys=image_keys, proprio_keys=proprio_keys,
         proprio_dims=tuple(p1.proprio_dims or ()), action_dim=p1.action_dim, image_size=p1.image_hw,

@@ -30,3 +30,27 @@ def n_step_transitions(reward: np.ndarray, done: np.ndarray, obs_index: np.ndarr
         k = np.where(alive, j + 1, k)
         alive = alive & links[nxt]
     return {"reward": ret.astype(np.float32), "last": last, "discount": (gamma ** k).astype(np.float32)}
+
+
+def return_to_go(reward: np.ndarray, done: np.ndarray, obs_index: np.ndarray, next_index: np.ndarray,
+                 gamma: float) -> np.ndarray:
+    """Discounted Monte-Carlo return to go of one-step transitions stored demo after demo, float32 ``(N,)``.
+
+    ``G_t = r_t + gamma * G_{t+1}`` while t+1 continues t's demo (``obs_index[t+1] == next_index[t]``) and t is
+    not terminal; else ``G_t = r_t`` (a demo's end or a terminal stops the sum: the data's own return, nothing
+    bootstrapped). Computed for all demos at once by a doubling scan of that linear recurrence (log2 N
+    vectorised steps, float64, products of gamma only: exact to rounding for any length and gamma in [0, 1)).
+    """
+    N = len(reward)
+    g = reward.astype(np.float64)
+    c = np.zeros(N, dtype=np.float64)  # after the scan step of span k: prod of the k links' discounts from t
+    if N > 1:
+        c[:-1] = gamma * ((obs_index[1:] == next_index[:-1]) & (done[:-1] == 0))
+    k = 1
+    while k < N and c.any():
+        # g_t <- g_t + c_t * g_{t+k}; c_t <- c_t * c_{t+k}  (right-hand sides read the old arrays)
+        g[:-k] = g[:-k] + c[:-k] * g[k:]
+        c[:-k] = c[:-k] * c[k:]
+        c[-k:] = 0.0
+        k *= 2
+    return g.astype(np.float32)

@@ -29,6 +29,11 @@ s' and a' at demo boundaries
       has ``next_obs``.
     - ``done`` is the file's ``dones`` (1 = terminal, no bootstrap), also on steps inside a demo.
 
+Rewards and returns to go (``reward_scale``, ``reward_bias``, ``discount``)
+    Every reward is read as ``reward_scale * r + reward_bias`` first. With ``discount`` given, transition t also
+    carries ``mc_return``: the discounted return to go sum_j gamma^j r_{t+j} of its demo from step t, up to
+    the demo's end or its first terminal (nothing bootstrapped), to compare Q(s_t, a_t) with.
+
 n-step returns (``n_step > 1``, with ``discount``)
     Transition t then carries ``reward = sum_{j<k} gamma^j r_{t+j}``, s' = the s' of step t+k-1 (frame
     t+k), ``done`` and ``next_action`` of step t+k-1, and ``discount = gamma^k`` (:func:`n_step_transitions`).

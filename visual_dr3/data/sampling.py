@@ -38,6 +38,7 @@ class Batch:
     next_action: Tensor  # float32 (B,A) dataset a_{t+1} (a_t at a demo's last step)
     source: Tensor  # int64 (B,) index of the SourceSpec the sample came from
     discount: Optional[Tensor] = None  # float32 (B,) gamma**k of an n-step backup over k steps (None: the config's)
+    mc_return: Optional[Tensor] = None  # float32 (B,) the data's discounted return to go from (s_t, a_t), or None
 
 
 def split_counts(batch_size: int, weights: Sequence[float]) -> list[int]:
@@ -89,9 +90,9 @@ class ResidentReplay:
                  image_keys: list[str], proprio_keys: list[str], proprio_dims: tuple[int, ...],
                  action_dim: int, image_size: Optional[tuple[int, int]], env_args: dict, meta: dict,
                  metas: list[dict], files: list[str], device: torch.device, pinned: bool = False,
-                 discount: Optional[Tensor] = None):
+                 discount: Optional[Tensor] = None, mc_return: Optional[Tensor] = None):
         self.frames = frames
-        self.discount = discount
+        self.discount, self.mc_return = discount, mc_return
         self.proprio = proprio
         self.obs_index, self.next_index = obs_index, next_index
         self.action, self.next_action, self.reward, self.done = action, next_action, reward, done
@@ -128,7 +129,7 @@ class ResidentReplay:
     def _tensors(self) -> list[Tensor]:
         return [*self.frames.values(), self.proprio, self.obs_index, self.next_index, self.action,
                 self.next_action, self.reward, self.done, self._src_table, self._src_offset, self._src_size,
-                *([] if self.discount is None else [self.discount])]
+                *[t for t in (self.discount, self.mc_return) if t is not None]]
 
     @property
     def nbytes(self) -> int:
@@ -162,8 +163,9 @@ class ResidentReplay:
         for name in ("proprio", "obs_index", "next_index", "action", "next_action", "reward", "done",
                      "_src_table", "_src_offset", "_src_size"):
             setattr(self, name, _place(getattr(self, name), device, pin))
-        if self.discount is not None:
-            self.discount = _place(self.discount, device, pin)
+        for name in ("discount", "mc_return"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _place(getattr(self, name), device, pin))
         self.device, self.pinned = device, pin
         self._src_ids_cache = {}
         return self
@@ -207,7 +209,8 @@ class ResidentReplay:
         return Batch(obs=obs, next_obs=nxt, action=self.action.index_select(0, t),
                      reward=self.reward.index_select(0, t), done=self.done.index_select(0, t),
                      next_action=self.next_action.index_select(0, t), source=src.clone(),
-                     discount=None if self.discount is None else self.discount.index_select(0, t))
+                     discount=None if self.discount is None else self.discount.index_select(0, t),
+                     mc_return=None if self.mc_return is None else self.mc_return.index_select(0, t))
 
     def select_action_dims(self, keep: Sequence[int]) -> "ResidentReplay":
         """Keep only these action dims in ``action`` and ``next_action`` (in place; returns self): the learner's

@@ -87,7 +87,13 @@ class CQLConfig:
     target_gap: float = 5.0
     """Target of logsumexp(Q) - Q(data) for the Lagrange version (robomimic uses 5.0)."""
     max_q_backup: bool = False
-    """Back up the max over ``num_actions`` policy samples at s' (CQL's max-backup) instead of one sample."""
+    """Back up the max over ``num_actions`` policy samples at s' (CQL's max-backup) instead of one (td only)."""
+    lagrange_lr: Optional[float] = None
+    """Adam learning rate of the Lagrange multiplier's log (it moves ~lr per step); None: ``algo.critic_lr``."""
+    init_alpha_prime: float = 1.0
+    """Initial Lagrange multiplier alpha' (with ``lagrange``; a fixed weight is ``min_q_weight`` without it)."""
+    gap_floor: Optional[float] = None
+    """Per-sample floor of the gap logsumexp Q - Q(s, a_data): samples below it add no CQL gradient; None: no floor."""
 
 
 @dataclass
@@ -99,7 +105,8 @@ class DR3Config:
     features: Literal["encoder", "penultimate", "both"] = "encoder"
     """phi: the encoder output (as in the COG/image code), the Q heads' penultimate layer (dopamine), or both."""
     next_action: Literal["backup", "policy", "data"] = "backup"
-    """a' for penultimate features: the backup's a' (policy sample for td, dataset a' for sarsa), a policy sample, or the dataset's."""
+    """a' for penultimate features: the backup's a' (td: pi's sample or mean, per ``algo.target_action``; sarsa:
+    the dataset's a'), a policy sample, or the dataset's."""
     detach_next: bool = False
     """Stop the gradient through phi(s',a') (COG code) instead of through both sides (the paper, dopamine)."""
     mask_done: bool = True
@@ -128,13 +135,22 @@ class AlgoConfig:
     discount: float = 0.99
     """Discount gamma of the TD target."""
     tau: float = 0.005
-    """Polyak rate of the target Q heads."""
+    """Polyak rate of the target Q heads (and of the target encoder with ``target_encoder``)."""
+    target_encoder: bool = False
+    """Keep a Polyak-averaged copy of the critic encoder too (COG's full target network): the target reads
+    phi_target(s'); off: the target Q heads read the online encoder's phi(s')."""
+    target_action: Literal["sample", "mean"] = "sample"
+    """a' of the ``td`` backup: a sample of pi(.|s') or the policy's mean action tanh(mu(s')) (deterministic)."""
+    reward_scale: float = 1.0
+    """Rewards are read as ``reward_scale * r + reward_bias`` (at load time, before n-step sums and returns)."""
+    reward_bias: float = 0.0
+    """Added to every scaled reward (CQL's AntMaze: scale 4, bias -2, i.e. (r - 0.5) * 4)."""
     critic_lr: float = 3e-4
     """Adam learning rate of the critic encoder and Q heads."""
     actor_lr: float = 1e-4
     """Adam learning rate of the actor (COG: 1e-4)."""
     alpha_lr: float = 3e-4
-    """Adam learning rate of the entropy temperature."""
+    """Adam learning rate of the entropy temperature's log (it moves ~lr per step); fixed: ``auto_alpha false``."""
     init_alpha: float = 1.0
     """Initial entropy temperature alpha."""
     auto_alpha: bool = True
@@ -280,6 +296,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0.0 < cfg.algo.tau <= 1.0, "algo.tau", "a number in (0, 1]", cfg.algo.tau)
     need(0.0 <= cfg.algo.policy_ema < 1.0, "algo.policy_ema", "a number in [0, 1)", cfg.algo.policy_ema)
     need(0.0 < cfg.kl.tau <= 1.0, "kl.tau", "a number in (0, 1]", cfg.kl.tau)
+    need(math.isfinite(cfg.algo.reward_scale) and cfg.algo.reward_scale != 0, "algo.reward_scale",
+         "a finite non-zero number", cfg.algo.reward_scale)
+    need(math.isfinite(cfg.algo.reward_bias), "algo.reward_bias", "a finite number", cfg.algo.reward_bias)
+    need(not (cfg.algo.target_action == "mean" and cfg.algo.entropy_backup), "algo.target_action",
+         "sample with --algo.entropy_backup true (the mean action has no entropy estimate)", cfg.algo.target_action)
+    if cfg.cql.lagrange_lr is not None:
+        need(math.isfinite(cfg.cql.lagrange_lr) and cfg.cql.lagrange_lr > 0, "cql.lagrange_lr",
+             "a positive number (or null: algo.critic_lr)", cfg.cql.lagrange_lr)
+    if cfg.cql.gap_floor is not None:
+        need(math.isfinite(cfg.cql.gap_floor), "cql.gap_floor", "a finite number (or null: no floor)",
+             cfg.cql.gap_floor)
     need(cfg.kl.coef == 0 or cfg.algorithm == "cql", "kl.coef", "0 with --algorithm bc (no critic, no greedy "
          "step to regularize)", cfg.kl.coef)
     if cfg.algo.bc_filter is not None:
@@ -292,7 +319,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for flag, v in [("algo.critic_lr", cfg.algo.critic_lr), ("algo.actor_lr", cfg.algo.actor_lr),
                     ("algo.alpha_lr", cfg.algo.alpha_lr), ("algo.init_alpha", cfg.algo.init_alpha),
                     ("algo.awr_beta", cfg.algo.awr_beta), ("algo.awr_max_weight", cfg.algo.awr_max_weight),
-                    ("cql.temperature", cfg.cql.temperature)]:
+                    ("cql.temperature", cfg.cql.temperature), ("cql.init_alpha_prime", cfg.cql.init_alpha_prime)]:
         need(math.isfinite(v) and v > 0, flag, "a positive number", v)
     if cfg.data.episodes is not None:
         need(cfg.data.episodes > 0, "data.episodes", "a positive integer (or null)", cfg.data.episodes)

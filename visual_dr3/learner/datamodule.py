@@ -93,7 +93,8 @@ class ReplayDataModule(L.LightningDataModule):
         self.replay = load_replay(self.source_specs(), self.image_keys, self.proprio_keys,
                                   action_dim=self.action_dim, device=device,
                                   expect_image_size=self.image_size, n_step=self.cfg.algo.n_step,
-                                  discount=self.cfg.algo.discount)
+                                  discount=self.cfg.algo.discount, reward_scale=self.cfg.algo.reward_scale,
+                                  reward_bias=self.cfg.algo.reward_bias)
         if self.learned_dims is not None and len(self.learned_dims) != self.replay.action_dim:
             self.replay.select_action_dims(self.learned_dims)  # the networks see only the learned dims
         self.generator = torch.Generator(device=device)

@@ -122,6 +122,7 @@ def cql_penalty(
     action_dim: int,
     temperature: float = 1.0,
     min_q_weight: float = 1.0,
+    gap_floor: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CQL(H) penalty with importance sampling, for ONE Q head (the caller sums over the twin heads).
 
@@ -143,8 +144,11 @@ def cql_penalty(
     q_pred.mean() * min_q_weight`` (``min_q_version=3``). The log-densities are detached (as there).
     ``min_q_weight`` is applied here; pass 1.0 and scale yourself if preferred.
 
-    Returns ``(penalty scalar, gap (B,))``; ``gap`` is unweighted and carries gradient (detach it for
-    logging / the Lagrange update).
+    ``gap_floor`` (optional): the penalty averages ``max(gap_i, gap_floor)`` instead, so a sample whose data
+    action already sits more than ``-gap_floor`` above the logsumexp adds no gradient (CQL stops raising it).
+
+    Returns ``(penalty scalar, gap (B,))``; ``gap`` is unweighted, unclipped and carries gradient (detach it
+    for logging / the Lagrange update).
     """
     random_log_density = action_dim * math.log(0.5)  # log(0.5 ** A), negative
     cat_q = torch.cat(
@@ -157,7 +161,8 @@ def cql_penalty(
     )
     lse = torch.logsumexp(cat_q / temperature, dim=1) * temperature
     gap = lse - q_data
-    return min_q_weight * gap.mean(), gap
+    pushed = gap if gap_floor is None else gap.clamp(min=gap_floor)
+    return min_q_weight * pushed.mean(), gap
 
 
 def cql_lagrange_loss(

@@ -84,6 +84,9 @@ class DR3CQL(L.LightningModule):
         self._register_load_state_dict_pre_hook(_drop_derived_buffers)
         self.q = None if is_bc else QHeads(m.feature_dim, net_action_dim, hidden=tuple(m.hidden_dims))
         self.q_target = None if is_bc else copy.deepcopy(self.q).requires_grad_(False)
+        # algo.target_encoder: the full target network, a Polyak copy of the critic encoder (proprio stats included)
+        self.encoder_target = (copy.deepcopy(self.encoder).requires_grad_(False)
+                               if self.cfg.algo.target_encoder and not is_bc else None)
         self.actor = TanhGaussianActor(m.feature_dim, net_action_dim, hidden=tuple(m.hidden_dims))
         # algo.policy_ema > 0: a moving average of the acting weights (the encoder the actor reads, and the
         # actor), updated after each step, not trained; act() uses it unless act_with_ema is set False.
@@ -98,7 +101,8 @@ class DR3CQL(L.LightningModule):
         # A fixed alpha takes no gradient (DDP insists every trainable parameter gets one each step).
         self.log_alpha = nn.Parameter(torch.tensor(math.log(self.cfg.algo.init_alpha)),
                                       requires_grad=self.cfg.algo.auto_alpha and not is_bc)
-        self.log_alpha_prime = nn.Parameter(torch.zeros(())) if self.cfg.cql.lagrange else None
+        self.log_alpha_prime = (nn.Parameter(torch.tensor(math.log(self.cfg.cql.init_alpha_prime)))
+                                if self.cfg.cql.lagrange else None)
         self.update_generator: Optional[torch.Generator] = None
         self._pending_generator_state: Optional[torch.Tensor] = None
         self._last_log_time: Optional[float] = None
@@ -110,7 +114,7 @@ class DR3CQL(L.LightningModule):
     # -- wiring ---------------------------------------------------------------------------------------
     def nets(self) -> Nets:
         return Nets(self.encoder, self.q, self.q_target, self.actor, self.actor_encoder,
-                    self.log_alpha, self.log_alpha_prime, self.kl_actor)
+                    self.log_alpha, self.log_alpha_prime, self.kl_actor, self.encoder_target)
 
     def critic_parameters(self) -> list[nn.Parameter]:
         if self.q is None:  # BC: no critic
@@ -131,7 +135,8 @@ class DR3CQL(L.LightningModule):
         if self.q is not None:  # BC has no critic and no temperature: its optimizer holds the actor alone
             groups.append({"params": [self.log_alpha], "lr": a.alpha_lr, "name": "alpha"})
         if self.log_alpha_prime is not None:
-            groups.append({"params": [self.log_alpha_prime], "lr": a.critic_lr, "name": "alpha_prime"})
+            lr = a.critic_lr if self.cfg.cql.lagrange_lr is None else self.cfg.cql.lagrange_lr
+            groups.append({"params": [self.log_alpha_prime], "lr": lr, "name": "alpha_prime"})
         return torch.optim.Adam([g for g in groups if g["params"]])
 
     def make_update_generator(self) -> torch.Generator:
@@ -182,7 +187,8 @@ class DR3CQL(L.LightningModule):
         return out, grad_metrics
 
     def optimizer_step(self, opt, step: Optional[int] = None) -> None:
-        """The optimizer step, then the Polyak updates of the target critic, of the acting weights' average
+        """The optimizer step, then the Polyak updates of the target critic (Q heads, and the encoder with
+        ``algo.target_encoder``), of the acting weights' average
         (``step``: the update's 0-based index, default ``global_step``) and of the KL's lagged policy."""
         opt.step()
         if self.ema_actor is not None:
@@ -192,6 +198,8 @@ class DR3CQL(L.LightningModule):
                           list(enc.parameters()) + list(actor.parameters()), tau)
         if self.q is not None:
             polyak_update(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.algo.tau)
+        if self.encoder_target is not None:
+            polyak_update(list(self.encoder_target.parameters()), list(self.encoder.parameters()), self.cfg.algo.tau)
         if self.kl_actor is not None:
             polyak_update(list(self.kl_actor.parameters()), list(self.actor.parameters()), self.cfg.kl.tau)
 

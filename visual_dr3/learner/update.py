@@ -1,6 +1,7 @@
 """One CQL + DR3 + SAC update as a function of networks and a batch (no Lightning in here).
 
-The encoder runs once on the stacked [s; s'] batch. Everything is summed into one scalar so that a
+The encoder runs once on the stacked [s; s'] batch (and its Polyak copy on s' when the target network has one,
+``algo.target_encoder``). Everything is summed into one scalar so that a
 single backward (one DDP gradient all-reduce) serves the critic, actor, entropy and Lagrange optimizers;
 the pieces are kept apart by stopping gradients:
 - critic loss  = TD + CQL(H) + c0 * DR3  -> critic encoder and Q heads;
@@ -36,6 +37,7 @@ class Nets:
     log_alpha: Tensor
     log_alpha_prime: Optional[Tensor]
     kl_actor: Optional[nn.Module] = None  # pi_k, the lagged policy of the KL regularizer (kl.coef > 0)
+    encoder_target: Optional[nn.Module] = None  # Polyak copy of ``encoder`` read by the target (algo.target_encoder)
 
 
 @dataclass
@@ -92,7 +94,8 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     """All losses of one step. ``step`` is the global step (a Python int: BC warm-up switch).
 
     The encoder runs once on the stacked ``[s; s']`` batch. Random draws, in this order, all from
-    ``generator``: the policy's a' (target), the CQL actions (uniform, pi(s), pi(s')), the actor's action.
+    ``generator``: the policy's a' (target; drawn with ``target_action mean`` too), ``num_actions`` more with the
+    max-Q backup, the CQL actions (uniform, pi(s), pi(s')), the actor's action.
     """
     if cfg.algorithm == "bc":
         return compute_bc_update(nets, batch, cfg, generator)
@@ -109,18 +112,21 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
     if cfg.kl.coef > 0:
         with torch.no_grad():
             next_kl = _kl_to_lagged(nets, actor_phi_next)
-    target, a_pi_next = _td_target(nets, batch, cfg, phi_next, actor_phi_next, alpha, generator,
-                                   None if next_kl is None else cfg.kl.coef * next_kl)
+    if nets.encoder_target is not None:  # the full target network: phi_target(s') under the target Q heads
+        with torch.no_grad():
+            target_phi_next = nets.encoder_target(batch.next_obs)
+    else:
+        target_phi_next = phi_next
+    target, a_pi_next, a_backup = _td_target(nets, batch, cfg, target_phi_next, actor_phi_next, alpha, generator,
+                                             None if next_kl is None else cfg.kl.coef * next_kl)
     want_pen = dr3.coef > 0 and dr3.features in ("penultimate", "both")
     q_out = nets.q(phi, batch.action, return_penultimate=want_pen)
     q1, q2 = q_out[0], q_out[1]
     td_loss = L.critic_td_loss(q1, q2, target)
     cql_loss, gap, alpha_prime, lagrange_loss = _cql_terms(nets, batch, cfg, phi, actor_phi, actor_phi_next, q1, q2,
                                                            generator)
-    choice = dr3.next_action
-    if choice == "backup":
-        choice = "data" if algo.backup == "sarsa" else "policy"
-    a_prime = batch.next_action if choice == "data" else a_pi_next.detach()
+    # a' of the penultimate DR3 term: the backup's own a' (dataset a' for sarsa, pi's sample or mean for td)
+    a_prime = {"backup": a_backup, "data": batch.next_action, "policy": a_pi_next}[dr3.next_action].detach()
     dr3_term = _dr3_term(nets, batch, cfg, phi, phi_next, q_out, a_prime)
     critic_loss = td_loss + cql_loss + dr3.coef * dr3_term
     actor_loss, alpha_loss, logp_pi, awr_w = _actor_terms(nets, batch, cfg, step, phi, actor_phi, q1, q2, alpha,
@@ -147,6 +153,11 @@ def compute_update(nets: Nets, batch: Batch, cfg: TrainConfig, step: int,
         # how far the policy's mean action is from the data's (what BC minimises; for every algorithm)
         "bc_mse": (nets.actor.mode(actor_phi.detach()) - batch.action).pow(2).mean().detach(),
     }
+    if batch.mc_return is not None:  # is Q on the reward's scale? Q at data actions vs the data's return to go
+        q_data = (0.5 * (q1 + q2)).detach()
+        metrics["q_data"] = q_data.mean()
+        metrics["mc_return"] = batch.mc_return.mean()
+        metrics["q_minus_mc"] = (q_data - batch.mc_return).mean()
     if awr_w is not None:
         metrics["awr_weight"] = awr_w.mean().detach()
     if cql.lagrange:
@@ -182,9 +193,13 @@ def _kl_to_lagged(nets: Nets, actor_phi: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _td_target(nets: Nets, batch: Batch, cfg: TrainConfig, phi_next: Tensor, actor_phi_next: Tensor, alpha: Tensor,
-               generator: Optional[torch.Generator], value_penalty: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """``(target, a_pi_next)``: the TD target of Q(s, a) (no gradient) and the policy's action at s'.
+               generator: Optional[torch.Generator],
+               value_penalty: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(target, a_pi_next, a_backup)``: the TD target of Q(s, a) (no gradient), a policy sample at s' and the
+    a' the target read (the dataset's for ``sarsa``; for ``td`` the sample, or pi's mean action with
+    ``algo.target_action mean``; the sample under the max-Q backup, which reads ``num_actions`` more).
 
+    ``phi_next``: the features the target Q heads read (the target encoder's when there is one).
     n-step batches carry gamma^k per sample (k steps summed into the reward); one-step ones use gamma.
     ``value_penalty``: subtracted from V(s') (the KL-regularized backup's ``lambda * KL`` at s').
     """
@@ -193,19 +208,21 @@ def _td_target(nets: Nets, batch: Batch, cfg: TrainConfig, phi_next: Tensor, act
     a_pi_next, logp_pi_next = nets.actor.sample(actor_phi_next.detach(), generator=generator)
     if algo.backup == "sarsa":
         a_next, next_logp = batch.next_action, None
+    elif algo.target_action == "mean":
+        a_next, next_logp = nets.actor.mode(actor_phi_next.detach()), None
     else:
         a_next, next_logp = a_pi_next, logp_pi_next
     if cql.max_q_backup and algo.backup == "td":
         a_n, _ = nets.actor.sample(actor_phi_next.detach(), generator=generator, num_samples=cql.num_actions)
         tq1, tq2 = nets.q_target(phi_next.detach(), a_n)
         return L.td_target(tq1, tq2, batch.reward, batch.done, discount, max_q_backup=True,
-                           value_penalty=value_penalty), a_pi_next
+                           value_penalty=value_penalty), a_pi_next, a_pi_next
     tq1, tq2 = nets.q_target(phi_next.detach(), a_next)
     use_ent = algo.entropy_backup and next_logp is not None
     target = L.td_target(tq1, tq2, batch.reward, batch.done, discount,
                          next_log_prob=next_logp if use_ent else None, alpha=alpha if use_ent else None,
                          value_penalty=value_penalty)
-    return target, a_pi_next
+    return target, a_pi_next, a_next
 
 
 def _cql_terms(nets: Nets, batch: Batch, cfg: TrainConfig, phi: Tensor, actor_phi: Tensor, actor_phi_next: Tensor,
@@ -224,14 +241,16 @@ def _cql_terms(nets: Nets, batch: Batch, cfg: TrainConfig, phi: Tensor, actor_ph
     q1_r, q2_r = nets.q(phi, a_rand)
     q1_p, q2_p = nets.q(phi, a_pi_n)
     q1_n, q2_n = nets.q(phi, a_next_n)
-    kw = dict(temperature=cql.temperature, min_q_weight=cql.min_q_weight)
+    kw = dict(temperature=cql.temperature, min_q_weight=cql.min_q_weight, gap_floor=cql.gap_floor)
     pen1, gap1 = L.cql_penalty(q1, q1_r, q1_p, logp_pi_n, q1_n, logp_next_n, A, **kw)
     pen2, gap2 = L.cql_penalty(q2, q2_r, q2_p, logp_pi_n, q2_n, logp_next_n, A, **kw)
     gap = 0.5 * (gap1.mean() + gap2.mean())
     if not cql.lagrange:
         return pen1 + pen2, gap, zero, zero
-    alpha_prime, lagrange_loss = L.cql_lagrange_loss(
-        nets.log_alpha_prime, torch.stack([gap1, gap2]), cql.target_gap, cql.min_q_weight)
+    gaps = torch.stack([gap1, gap2])  # the multiplier keeps the gap it weights (floored, with gap_floor) at target
+    if cql.gap_floor is not None:
+        gaps = gaps.clamp(min=cql.gap_floor)
+    alpha_prime, lagrange_loss = L.cql_lagrange_loss(nets.log_alpha_prime, gaps, cql.target_gap, cql.min_q_weight)
     return alpha_prime * (pen1 + pen2 - 2 * cql.target_gap), gap, alpha_prime, lagrange_loss
 
 
