@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", metavar="README", help="replace the table between the markers in this file")
     g.add_argument("--check", metavar="README", help="exit 1 when this file's table differs from the generated one")
-    a = p.parse_args(argv)
+    return p
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    a = build_parser().parse_args(argv)
     table = render(a.registry, a.reports)
     target = a.write or a.check
     if target is None:
