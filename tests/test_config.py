@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from visual_dr3.errors import UserError
-from visual_dr3.app.cli_args import dump_yaml, normalize_argv, parse_train_args
+from visual_dr3.app.cli_args import CONFIGS_DIR, dump_yaml, normalize_argv, parse_train_args
 from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIGS_DIR  # the shipped presets (package data)
 
 
 def test_defaults_and_flag_spellings():
@@ -45,6 +45,21 @@ def test_cog_config_sources():
     cfg = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")], configs_dir=CONFIGS)
     assert [(s.filter_key, s.weight) for s in cfg.data.sources] == [("prior", 0.5), ("task", 0.5)]
     assert cfg.algo.bc_warmup_steps == 10000
+
+
+def test_config_takes_a_path_or_a_shipped_config_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository: the shipped files are found in the package
+    want = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")], configs_dir=CONFIGS)
+    for name in ("pick_place_cog", "pick_place_cog.yaml", "configs/pick_place_cog.yaml", "--config=pick_place_cog"):
+        argv = [name] if name.startswith("--") else ["--config", name]
+        assert parse_train_args(argv, configs_dir=CONFIGS) == want, name
+    assert parse_train_args(["--config", "experiments/probe"], configs_dir=CONFIGS).cql.min_q_weight == 0.0
+    (tmp_path / "configs").mkdir()  # a file of the user's wins over a shipped name
+    (tmp_path / "configs" / "pick_place_cog.yaml").write_text("task: lift\n")
+    assert parse_train_args(["--config", "configs/pick_place_cog.yaml"], configs_dir=CONFIGS).task == "lift"
+    with pytest.raises(UserError, match=r"^--config nope: file not found, and not a shipped config \(shipped: "
+                                        r"cpu/lift, cpu/pick_place, experiments/cql_vs_dr3_cog, .*pick_place_cog, stack\)$"):
+        parse_train_args(["--config", "nope"], configs_dir=CONFIGS)
 
 
 @pytest.mark.parametrize("argv, needle", [

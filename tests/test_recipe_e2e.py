@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from visual_dr3.app.cli_args import CONFIGS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TINY = ["--batch-size", "8", "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions",
@@ -31,7 +33,7 @@ def test_cpu_preset_is_layered_recorded_and_announced(lift_dataset, tmp_path):
     assert "[visual-dr3] preset cpu (" in r.stdout  # the choice and why, in one line
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # configs/cpu/lift.yaml over configs/lift.yaml, flags over both
-    want = yaml.safe_load((ROOT / "configs" / "cpu" / "lift.yaml").read_text())
+    want = yaml.safe_load((CONFIGS_DIR / "cpu" / "lift.yaml").read_text())
     assert cfg["preset"] == "cpu" and cfg["max_steps"] == 4 and cfg["batch_size"] == 8
     assert all(cfg["algo"][k] == v for k, v in want["algo"].items())
     assert cfg["data"]["image_size"] == want["data"]["image_size"] and cfg["dr3"]["coef"] == 0.01

@@ -1,4 +1,9 @@
-"""Command line of ``train.py``: typed config from defaults, ``configs/<task>.yaml``, ``--config`` and flags.
+"""Command line of ``train.py``: typed config from defaults, the preset files (``visual_dr3/configs/<task>.yaml``),
+``--config`` and flags.
+
+The presets ship inside the package (:data:`CONFIGS_DIR`, package data), the one copy of them; ``--config`` takes
+a YAML file or the name of a shipped one (``pick_place_cog``, ``pick_place_cog.yaml`` or, as the files were once
+found at the repository's top, ``configs/pick_place_cog.yaml``): :func:`resolve_config_file`.
 
 Flags may be written with dashes or underscores (``--max-steps`` = ``--max_steps``); nested fields use dots
 (``--cql.min_q_weight 5``). Short aliases: ``--dr3-coef`` = ``--dr3.coef``, ``--backup`` = ``--algo.backup``.
@@ -13,20 +18,48 @@ from typing import Optional, Sequence
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from visual_dr3.errors import UserError
+from visual_dr3.errors import UserError, command_name
 from visual_dr3.learner.config import TrainConfig, validate
+
+#: the shipped presets and example configs (package data): ``<task>.yaml``, ``cpu/<task>.yaml``, ``experiments/``
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 ALIASES = {"--dr3_coef": "--dr3.coef", "--backup": "--algo.backup", "--min_q_weight": "--cql.min_q_weight"}
 
+def shipped_configs() -> list[str]:
+    """Names of the shipped config files, relative to :data:`CONFIGS_DIR` without ``.yaml`` (``lift``,
+    ``cpu/lift``, ``experiments/probe``, ...)."""
+    return sorted(str(p.relative_to(CONFIGS_DIR).with_suffix("")) for p in CONFIGS_DIR.rglob("*.yaml"))
+
+
+def resolve_config_file(value: str) -> str:
+    """The file ``--config VALUE`` names: VALUE itself when it is a file, else the shipped config of that name
+    (``pick_place_cog``, ``pick_place_cog.yaml``, ``configs/pick_place_cog.yaml``); a one-line UserError when
+    neither exists."""
+    if Path(value).is_file():
+        return value
+    name = value[len("configs/"):] if value.startswith("configs/") else value
+    shipped = CONFIGS_DIR / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+    if name and shipped.is_file():
+        return str(shipped)
+    raise UserError(f"--config {value}: file not found, and not a shipped config (shipped: "
+                    f"{', '.join(shipped_configs())})")
+
+
 def normalize_argv(argv: Sequence[str]) -> list[str]:
-    """``--foo-bar=1`` -> ``--foo_bar=1`` (option names only), then apply :data:`ALIASES`."""
-    out = []
+    """``--foo-bar=1`` -> ``--foo_bar=1`` (option names only), then apply :data:`ALIASES`; every ``--config``
+    value becomes the file it names (:func:`resolve_config_file`)."""
+    out: list[str] = []
     for tok in argv:
         if tok.startswith("--") and len(tok) > 2:
             name, eq, value = tok.partition("=")
             name = "--" + name[2:].replace("-", "_")
             name = ALIASES.get(name, name)
+            if name == "--config" and eq:
+                value = resolve_config_file(value)
             tok = name + eq + value
+        elif out and out[-1] == "--config":
+            tok = resolve_config_file(tok)
         out.append(tok)
     return out
 
@@ -36,7 +69,7 @@ def build_parser() -> ArgumentParser:
     # keeps this setting process-wide, so it is made here, when a parser is built, not at import
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(
-        prog="train.py", exit_on_error=False, default_env=False,
+        prog=command_name("train.py"), exit_on_error=False, default_env=False,
         description="Offline CQL + DR3 from images on a robosuite grasping task. Flags take dashes or "
                     "underscores; nested fields use dots, e.g. --dr3.coef 0.01 --cql.min_q_weight 5.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (overrides configs/<task>.yaml).")
@@ -111,9 +144,6 @@ def parse_train_args(argv: Sequence[str], configs_dir: Optional[Path] = None) ->
     if configs_dir is not None:
         for f in preset_files(Path(configs_dir), _task_of(argv), preset):
             prefix += ["--config", str(f)]
-    cfg_file = _scan(argv, "--config")
-    if cfg_file is not None and not Path(cfg_file).is_file():
-        raise UserError(f"--config {cfg_file}: file not found")
     parser = build_parser()
     try:
         ns = parser.parse_args(prefix + argv)

@@ -12,15 +12,16 @@ from typing import Sequence
 from visual_dr3.errors import UserError, say
 from visual_dr3.learner.config import TrainConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: environment variable naming the folder that holds the generated default datasets' ``data/`` (default: the
-#: repository), e.g. a scratch disk on a cluster, or an empty folder to time a run from nothing
+#: current working directory, never the installed package), e.g. a scratch disk on a cluster, or an empty folder
+#: to time a run from nothing
 DATA_ROOT_ENV = "VISUAL_DR3_DATA_ROOT"
 
 
 def data_root() -> Path:
-    """The folder whose ``data/`` holds the default datasets: ``$VISUAL_DR3_DATA_ROOT``, else the repository."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT)
+    """The folder whose ``data/`` holds the default datasets: ``$VISUAL_DR3_DATA_ROOT``, else the current
+    working directory (as for the run folder, ``runs/<task>``)."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or Path.cwd())
 
 
 def rank(local: bool = False) -> int:

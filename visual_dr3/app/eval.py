@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from visual_dr3.errors import OneLineParser, UserError, cli_entry, say
+from visual_dr3.errors import OneLineParser, UserError, cli_entry, command_name, say
 from visual_dr3.evaluation.evaluate import WEIGHTS, evaluate_checkpoint
 from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, POLICY_IN_CHOICES
 
@@ -30,7 +30,7 @@ def _int_arg(flag: str, minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="eval.py", description="Roll a trained visual-dr3 policy out in simulation (robosuite), "
+    p = OneLineParser(prog=command_name("eval.py"), description="Roll a trained visual-dr3 policy out in simulation (robosuite), "
                 "with parallel env workers and batched inference; prints success rate with a 95% Wilson "
                 "interval and writes per-episode records.")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py (e.g. runs/lift/checkpoints/last.ckpt)")
