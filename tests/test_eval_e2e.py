@@ -32,17 +32,45 @@ def run_eval(args, cwd, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+#: training's evaluation in the checkpoint fixture: at step 2 (the last), 3 episodes of 8 steps, seed 3, each
+#: worker acting with its own copy of the policy (one observation at a time: the trajectories are exact)
+TRAIN_EVAL = ["--seed", "3", "--eval-every", "2", "--eval-episodes", "3", "--eval-horizon", "8",
+              "--eval-workers", "2", "--eval-policy-in", "workers", "--eval-videos", "0"]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(lift_dataset, tmp_path_factory):
-    """A real (2-step) checkpoint of train.py on the session's tiny lift dataset."""
+    """A real (2-step) checkpoint of train.py on the session's tiny lift dataset, evaluated at its last step."""
     out = tmp_path_factory.mktemp("eval_ckpt") / "run"
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--task", "lift", "--dataset", str(lift_dataset),
-                        "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out), *SMALL],
+                        "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out), *TRAIN_EVAL, *SMALL],
                        cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     path = out / "checkpoints" / "last.ckpt"
-    assert path.is_file()
+    assert path.is_file() and (out / "eval" / "step_0000002.json").is_file()
     return path
+
+
+def test_eval_cli_by_default_reproduces_trainings_evaluation(checkpoint, tmp_path):
+    """``eval.py --checkpoint`` with no other flag but the workers' layout acts as training's evaluation: the
+    mean action, the run's seed, eval_episodes and eval_horizon; every episode's trajectory (the records'
+    digests of every observation) equals the logged one (sampled actions give other digests: measured when this
+    test was written; ``--sample`` is run by ``two_worker_run``)."""
+    logged = json.loads((checkpoint.parents[1] / "eval" / "step_0000002.json").read_text())
+    assert (logged["deterministic"], logged["seed"], logged["policy_in"]) == (True, 3, "workers")
+    out = tmp_path / "eval.json"
+    r = run_eval(["--checkpoint", checkpoint, "--workers", 2, "--policy-in", "workers", "--json", out,
+                  "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "run seed 3; episode i starts from episode_seed(seed, i) (as training's evaluation)" in r.stdout
+    rep = json.loads(out.read_text())
+    assert (rep["deterministic"], rep["action"], rep["as_training_eval"]) == (True, "mean", True)
+    assert (rep["seed"], rep["episodes"], rep["horizon"], rep["global_step"]) == (3, 3, 8, 2)
+    keys = ("episode", "seed", "success", "return", "length", "obs_digest")
+    assert [[x[k] for k in keys] for x in rep["records"]] == [[x[k] for k in keys] for x in logged["records"]]
+    assert rep["summary"]["successes"] == logged["summary"]["successes"]
+    digests = {x["obs_digest"] for x in rep["records"]}
+    assert len(digests) == 3 and None not in digests
 
 
 def read_frames(path: Path):
@@ -56,7 +84,7 @@ def two_worker_run(checkpoint, tmp_path_factory):
     d = tmp_path_factory.mktemp("eval2")
     out_json, videos = d / "res" / "eval.json", d / "videos"
     r = run_eval(["--checkpoint", checkpoint, "--episodes", 4, "--workers", 2, "--video", videos, "--json", out_json,
-                  "--horizon", 12, "--seed", 5, "--deterministic", "--policy-in", "parent"], cwd=d)
+                  "--horizon", 12, "--seed", 5, "--sample", "--policy-in", "parent"], cwd=d)
     return r, out_json, videos
 
 
@@ -69,7 +97,9 @@ def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
     rep = json.loads(out_json.read_text())
     assert [p.name for p in out_json.parent.iterdir()] == ["eval.json"]  # no temporary file left behind
     assert rep["task"] == "lift" and rep["env_name"] == "Lift" and rep["global_step"] == 2
-    assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5 and rep["deterministic"] is True
+    assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5
+    assert (rep["deterministic"], rep["action"], rep["as_training_eval"]) == (False, "sampled", False)  # --sample
+    assert "stochastic (sampled, --sample)" in r.stdout
     assert rep["envs_per_worker"] == 2 and rep["policy_in"] == "parent"  # 2 workers x 2 envs for 4 episodes
     t = rep["timing"]  # where the time went: the workers' sim and render time, the parent's policy calls
     assert t["rows"] == sum(r_["length"] for r_ in rep["records"]) and 1 <= t["calls"] <= t["rows"]
@@ -102,7 +132,8 @@ def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
 
 def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_worker_run, tmp_path):
     """1 worker vs the 2-worker run: each episode starts from the same state (the videos' first frames; same
-    horizon, so that the two mp4s are encoded alike: x264's rate control looks ahead).
+    horizon and the same per-episode action noise of --sample, so that the two mp4s are encoded alike: x264's
+    rate control looks ahead).
 
     Later frames may differ slightly: a batch of 2 through the conv net rounds differently from a batch of 1
     (float32 on CPU), and the simulation amplifies ~1e-7 differences in actions. So only the start is exact.
@@ -112,7 +143,7 @@ def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_
     _, json2, _ = two_worker_run
     out = tmp_path / "one"
     r = run_eval(["--checkpoint", checkpoint, "--episodes", 2, "--workers", 1, "--video", out, "--json",
-                  out / "r.json", "--horizon", 12, "--seed", 5, "--deterministic", "--no-progress",
+                  out / "r.json", "--horizon", 12, "--seed", 5, "--sample", "--no-progress",
                   "--policy-in", "parent"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval:" not in r.stderr  # --no-progress
