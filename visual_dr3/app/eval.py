@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from visual_dr3.app.help_text import ENVIRONMENT, EVAL_EXIT_CODES, HelpFormatter, epilog
 from visual_dr3.errors import OneLineParser, UserError, cli_entry, command_name, say
 from visual_dr3.evaluation.evaluate import WEIGHTS, evaluate_checkpoint
 from visual_dr3.evaluation.pool import ENVS_PER_WORKER, POLICY_IN, POLICY_IN_CHOICES
@@ -29,11 +30,25 @@ def _int_arg(flag: str, minimum: int):
     return parse
 
 
+EXAMPLES = (
+    "eval.py --checkpoint runs/lift/checkpoints/last.ckpt    # as training's evaluation: same episodes, mean action",
+    "eval.py --checkpoint runs/lift/checkpoints/best.ckpt --episodes 50 --workers 2 --video videos/ --json eval.json",
+    "eval.py --checkpoint runs/lift/checkpoints/last.ckpt --seed 7 --sample   # other episodes, sampled actions",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=command_name("eval.py"), description="Roll a trained visual-dr3 policy out in simulation (robosuite), "
-                "with parallel env workers and batched inference; prints success rate with a 95% Wilson "
-                "interval and writes per-episode records.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py (e.g. runs/lift/checkpoints/last.ckpt)")
+    prog = command_name("eval.py")
+    p = OneLineParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Roll a trained visual-dr3 policy out in simulation (robosuite), with parallel env workers; "
+                    "prints the success rate\nwith a 95% Wilson interval and writes per-episode records.\n\n"
+                    "By default it acts as training's evaluation does, so that its success rate is the logged "
+                    "eval/success_rate:\nthe mean action, and the training run's seed, eval_episodes and "
+                    "eval_horizon (from the checkpoint).",
+        epilog=epilog(tuple(e.replace("eval.py", prog, 1) for e in EXAMPLES), ENVIRONMENT, EVAL_EXIT_CODES))
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint written by train.py (e.g. runs/lift/checkpoints/last.ckpt)")
     p.add_argument("--episodes", type=_int_arg("--episodes", 1), default=None,
                    help="episodes to run (default: the training run's eval_episodes, 20 if it has none)")
     p.add_argument("--workers", type=_int_arg("--workers", 1), default=1,
