@@ -14,7 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-EXPECTED_CASES = {"datagen", "memory", "pipeline", "dr3", "robomimic", "rollouts", "grasp"}
+#: every case but ``grasp`` (train.py generating its dataset in an empty folder, training and evaluating: what
+#: tests/test_package.py does through the installed console scripts); here it would be one more run from scratch
+EXPECTED_CASES = {"datagen", "memory", "pipeline", "dr3", "robomimic", "rollouts"}
 TARGET_ROWS = {  # (case, start of the measure) of every row that carries a target
     ("pipeline", "pipeline efficiency"),
     ("robomimic", "ours / robomimic matched"),
@@ -31,8 +33,9 @@ TARGET_ROWS = {  # (case, start of the measure) of every row that carries a targ
 @pytest.mark.slow
 def test_quick_suite_runs_every_case_and_prints_one_table(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--json", str(out),
+                           "--only", *sorted(EXPECTED_CASES), "scaling"], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["failed_cases"] == []
@@ -42,14 +45,11 @@ def test_quick_suite_runs_every_case_and_prints_one_table(tmp_path):
 
     rows = res["rows"]
     cases = {r["case"] for r in rows}
-    assert EXPECTED_CASES <= cases
+    assert cases == EXPECTED_CASES | {"scaling"}
     scaling = [r for r in rows if r["case"] == "scaling"]
     assert len(scaling) == 1 and scaling[0]["value"] is None and "no GPU" in scaling[0]["note"]
     for r in rows:
         if r["case"] == "scaling":
-            continue
-        if r["case"] == "grasp" and r["value"] is None:  # the quick run's 2 steps cannot grasp, and says so
-            assert r["note"] == "not reached (quick settings)" and r["measure"].startswith("time to a grasping"), r
             continue
         assert r["value"] is not None and r["value"] > 0, r
         if r["reps"] > 1:

@@ -84,7 +84,7 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: Optional[int]
     with RolloutPool(env_args, meta["image_keys"], meta["proprio_keys"], workers=workers, horizon=horizon,
                      envs_per_worker=envs_per_worker, policy_in_workers=local, **pool_kw) as pool:
         module, _, _ = load_policy(checkpoint, dev, ckpt=ckpt)
-        module.act_with_ema = weights != "trained" and module.ema_actor is not None
+        choose_weights(module, weights)
         if dev.type == "cpu" and not local:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
         policy = TorchPolicy(module, meta["image_keys"], deterministic=deterministic, device=dev)
@@ -127,6 +127,13 @@ def evaluate_checkpoint(checkpoint: "str | os.PathLike", episodes: Optional[int]
     if json_out is not None:
         write_json_atomic(json_out, report)
     return report
+
+
+def choose_weights(module, weights: str) -> str:
+    """Make ``module`` act with the weights ``--weights`` names: ``trained``, or (``auto``, ``ema``) the moving
+    average when it has one. Returns which acts: ``"ema"`` or ``"trained"``."""
+    module.act_with_ema = weights != "trained" and module.ema_actor is not None
+    return "ema" if module.act_with_ema else "trained"
 
 
 def training_eval_settings(config: dict) -> dict:
