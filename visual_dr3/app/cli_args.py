@@ -26,6 +26,7 @@ CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 ALIASES = {"--dr3_coef": "--dr3.coef", "--backup": "--algo.backup", "--min_q_weight": "--cql.min_q_weight"}
 
+
 def shipped_configs() -> list[str]:
     """Names of the shipped config files, relative to :data:`CONFIGS_DIR` without ``.yaml`` (``lift``,
     ``cpu/lift``, ``experiments/probe``, ...)."""

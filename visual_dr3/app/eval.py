@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-in", default=POLICY_IN, choices=list(POLICY_IN_CHOICES),
                    help="where the policy acts: in the parent, batched over the workers' observations, or in each "
                         "worker (its own CPU copy; one env per worker); default auto: in the workers when the "
-                        "policy is on the CPU and the workers take every core")
+                        "policy is on the CPU and the workers take every core. In the workers an episode's "
+                        "trajectory is exactly training's (one observation at a time); batched, float rounding "
+                        "can differ, and the simulation can amplify it")
     p.add_argument("--seed", type=_int_arg("--seed", 0), default=None,
                    help="run seed: episode i starts from a seed derived from (seed, i) (default: the training "
                         "run's seed, so the episodes are those of its logged evaluation)")
