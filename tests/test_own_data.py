@@ -112,12 +112,23 @@ def test_train_and_evaluate_on_robomimic_file(robomimic_file, tmp_path):
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval @ step 2: success 0/1" in r.stderr and "transitions" in r.stdout
+    assert "evaluating with robosuite's default rendering (reflections, multisampling)" in r.stderr
     rep = json.loads((out / "eval" / "step_0000002.json").read_text())
     assert rep["records"][0]["length"] == 3 and rep["records"][0]["error"] is None
     import torch
 
     meta = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["visual_dr3"]
     assert meta["image_size"] == 84 and meta["env_args"]["env_kwargs"]["camera_heights"] == 84
+    # evaluation renders as robomimic's file was rendered (robosuite's defaults), upright as the file is
+    from visual_dr3.checkpoint import resolve_env_args
+    from visual_dr3.envs.make import make_env_from_args, render_flags
+
+    env = make_env_from_args(resolve_env_args(meta)[0])
+    try:
+        flags = render_flags(env)
+        assert flags["reflection"] is True and flags["offsamples"] > 0 and flags["image_convention"] == "opencv"
+    finally:
+        env.close()
 
 
 def test_a_robomimic_file_of_another_env_is_one_line(robomimic_file, tmp_path):
