@@ -52,7 +52,7 @@ GPU = Sizes(
     gen_args=("--episodes", "20", "--image-size", "84", "--kind", "expert", "--workers", "8"),
     train_args=("--preset", "gpu", "--max-steps", "1500", "--batch-size", "256", "--eval-every", "1500",
                 "--eval-episodes", "20", "--eval-workers", "8", "--log-every", "250", "--checkpoint-every", "1500",
-                "--data.device", "cuda", "--precision", "bf16-mixed"),
+                "--data.device", "auto", "--precision", "bf16-mixed"),  # auto: the dataset on the GPU when it fits
     limits={"cuda_tests": 90, "grid": 240, "train_eval": 150},
 )
 DRY = Sizes(
@@ -99,32 +99,52 @@ def _run(name: str, cmds: Sequence[Sequence[str]], out: Path, limit: float) -> t
     return status, time.perf_counter() - t0, log
 
 
+def cuda_tests_command() -> list[str]:
+    return [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"]
+
+
+def parse_cuda_tests(log: str) -> dict:
+    """pytest's closing counts (``3 passed, 1 skipped, 400 deselected``) as ``{"passed": 3, ...}``."""
+    return {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", log)}
+
+
 def cuda_tests(out: Path, sizes: Sizes) -> StepResult:
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"]
+    cmd = cuda_tests_command()
     status, secs, log = _run("cuda_tests", [cmd], out, sizes.limits["cuda_tests"])
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", log)}
-    return StepResult("cuda_tests", status, secs, counts, str(out / "cuda_tests.log"), " ".join(cmd[1:]))
+    return StepResult("cuda_tests", status, secs, parse_cuda_tests(log), str(out / "cuda_tests.log"),
+                      " ".join(cmd[1:]))
+
+
+def grid_command(sizes: Sizes, js: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmarks", *sizes.grid_args, "--json", str(js)]
+
+
+def parse_grid(log: str, js: Path) -> list[dict]:
+    """The grid's rows: from its JSON, or (a run cut short) from the ``[scaling] ...`` lines it printed."""
+    rows = json.loads(js.read_text())["rows"] if js.is_file() else []
+    if not rows:
+        rows = [{"case": "scaling", "measure": m, "value": float(v), "unit": "steps/s", "note": n}
+                for m, v, n in re.findall(r"\[scaling\] (.+?): ([0-9.e+-]+) steps/s; (.*)", log)]
+    return rows
 
 
 def grid(out: Path, sizes: Sizes) -> StepResult:
     js = out / "grid.json"
-    cmd = [sys.executable, "-m", "benchmarks", *sizes.grid_args, "--json", str(js)]
+    cmd = grid_command(sizes, js)
     status, secs, log = _run("grid", [cmd], out, sizes.limits["grid"])
-    rows = json.loads(js.read_text())["rows"] if js.is_file() else []
-    if not rows:  # cut short: the rows it printed as it went
-        rows = [{"case": "scaling", "measure": m, "value": float(v), "unit": "steps/s", "note": n}
-                for m, v, n in re.findall(r"\[scaling\] (.+?): ([0-9.e+-]+) steps/s; (.*)", log)]
-    return StepResult("grid", status, secs, {"rows": rows}, str(out / "grid.log"), " ".join(cmd[1:]))
+    return StepResult("grid", status, secs, {"rows": parse_grid(log, js)}, str(out / "grid.log"), " ".join(cmd[1:]))
 
 
-def train_eval(out: Path, sizes: Sizes) -> StepResult:
-    data, run = out / "data" / "lift.hdf5", out / "run"
+def train_eval_commands(sizes: Sizes, data: Path, run: Path) -> tuple[list[str], list[str]]:
+    """(dataset generation, training with an evaluation at the end)."""
     gen = [sys.executable, "-m", "visual_dr3.data.generate", "--task", "lift", *sizes.gen_args, "--out", str(data)]
     train = [sys.executable, "train.py", "--task", "lift", "--dataset", str(data), "--output-dir", str(run),
              "--wandb", "off", "--progress", "false", *sizes.train_args]
-    if data.is_file():
-        data.unlink()
-    status, secs, log = _run("train_eval", [gen, train], out, sizes.limits["train_eval"])
+    return gen, train
+
+
+def parse_train_eval(log: str, run: Path) -> dict:
+    """Training steps/s and seconds from train.py's summary; success and env steps/s of the last evaluation."""
     figures: dict = {}
     m = re.search(r"steps_per_s\s+([0-9.]+)", log)
     if m:
@@ -137,7 +157,16 @@ def train_eval(out: Path, sizes: Sizes) -> StepResult:
         s = json.loads(evals[-1].read_text())["summary"]
         figures.update(success=f"{s['successes']}/{s['episodes']}",
                        eval_env_steps_per_s=round(float(s["env_steps_per_s"]), 1))
-    return StepResult("train_eval", status, secs, figures, str(out / "train_eval.log"),
+    return figures
+
+
+def train_eval(out: Path, sizes: Sizes) -> StepResult:
+    data, run = out / "data" / "lift.hdf5", out / "run"
+    gen, train = train_eval_commands(sizes, data, run)
+    if data.is_file():
+        data.unlink()
+    status, secs, log = _run("train_eval", [gen, train], out, sizes.limits["train_eval"])
+    return StepResult("train_eval", status, secs, parse_train_eval(log, run), str(out / "train_eval.log"),
                       f"{' '.join(gen[1:])} && {' '.join(train[1:])}")
 
 

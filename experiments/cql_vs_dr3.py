@@ -7,7 +7,7 @@ features) x seeds (``--conditions`` adds ``dr3_pen`` and ``dr3_both``, DR3 on th
 on both, ``kl``, CQL+KL, and ``dr3_kl``, CQL+DR3+KL: ``--kl.coef`` of ``--kl-coef``, ``dr3_pen_kl`` and
 ``dr3_both_kl`` with DR3 on those layers; ``bc``, behaviour cloning alone, the floor), with success-rate
 evaluations during training. ``--scale recipe`` runs the conditions on the learning recipe (the cpu preset of
-``python train.py``, with the actor on its own imitation-trained encoder), where policies grasp. Configs: ``configs/experiments/cql_vs_dr3_mixed.yaml`` and
+``python train.py``, with the actor on its own imitation-trained encoder), where policies grasp. Configs: ``visual_dr3/configs/experiments/cql_vs_dr3_mixed.yaml`` and
 ``cql_vs_dr3_cog.yaml`` (prior/task 50/50, behaviour-cloning warm-up of 10% of the steps). One report per cell
 (grouped by ``dr3.coef``: success rate, final and best with intervals, dr3_dot, srank, Q-values) and an index
 page with every cell's table. The CPU scale runs ``lift`` only by default (``--tasks lift pick_place`` for both).
@@ -48,7 +48,7 @@ SCALES = {
 }
 #: tasks run by default at each scale (CPU: one task, to finish in a few hours)
 DEFAULT_TASKS = {"cpu": ("lift",), "gpu": ("lift", "pick_place"), "recipe": ("lift",)}
-#: the recipe scale's config: the cpu preset (configs/cpu/<task>.yaml over configs/<task>.yaml) plus study settings
+#: the recipe scale's config: the cpu preset (visual_dr3/configs/cpu/<task>.yaml over <task>.yaml) plus study settings
 RECIPE_CONFIG = CONFIG_DIR / "learn_to_grasp.yaml"
 #: the recipe scale's flags on top of the preset: on mixed lift data the actor on the critic's features grasped
 #: 28/150 and on its own imitation-trained encoder 76-101/150 (reports/learn_to_grasp/cpu_mixed_v3/), so every

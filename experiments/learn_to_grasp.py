@@ -4,9 +4,10 @@
 
 For each task x data kind (a "cell"): ``bc`` (``--algorithm bc``), ``cql`` (``--dr3-coef 0``) and ``dr3`` (the
 preset's CQL+DR3) x seeds, evaluated on 50 episodes several times during training. Every other setting is the
-preset's (``configs/cpu/<task>.yaml`` over ``configs/<task>.yaml`` at the cpu scale), so the study measures
-what ``python train.py --task <task>`` gives a user. Seeds 1-3 by default: seed 0 was used to tune the recipe,
-and the evaluation episodes follow the run seed, so the reported episodes were never seen while tuning.
+preset's (``visual_dr3/configs/cpu/<task>.yaml`` over ``visual_dr3/configs/<task>.yaml`` at the cpu scale), so
+the study measures what ``python train.py --task <task>`` gives a user. Seeds 1-3 by default: seed 0 was used to
+tune the recipe, and the evaluation episodes follow the run seed, so the reported episodes were never seen while
+tuning.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO_ROOT / "train.py"
-CONFIG_DIR = REPO_ROOT / "configs" / "experiments"
+CONFIG_DIR = REPO_ROOT / "visual_dr3" / "configs" / "experiments"  # shipped with the package
 #: lambda of the studies' kl and dr3_kl conditions: the value measured on mixed lift with the imitation-trained actor
 #: encoder (tuning seed 4, CQL+DR3: 15 -> 7/50 after the warm-up without KL, 15 -> 31/50 with lambda 1.0;
 #: reports/learn_to_grasp/cpu_mixed_v3/tuning_actor/)
@@ -121,7 +121,7 @@ def train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Pa
                condition: Sequence[str] = (), extra: Sequence[str] = (), preset: str = "gpu") -> tuple[str, ...]:
     """``train.py`` flags of one run: the experiment's ``--config`` first (flags after it override it), then
     the scale's flags, the condition's flags and the user's ``--train-args``. The DR3 studies set their scale
-    themselves and pin train.py's base preset (``--preset gpu``: configs/<task>.yaml without the cpu overlay);
+    themselves and pin train.py's base preset (``--preset gpu``: visual_dr3/configs/<task>.yaml without the cpu overlay);
     the learning recipe's study passes the preset it measures."""
     args = ["--preset", preset, "--config", str(config), "--task", task, "--dataset", str(dataset),
             "--output-dir", str(out_dir),

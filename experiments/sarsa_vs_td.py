@@ -2,7 +2,7 @@
 
     python -m experiments.sarsa_vs_td --scale cpu        # or --scale gpu; --dry-run prints the commands
 
-Offline critic training on a ``mixed`` dataset with CQL and DR3 off (``configs/experiments/probe.yaml``) and
+Offline critic training on a ``mixed`` dataset with CQL and DR3 off (``visual_dr3/configs/experiments/probe.yaml``) and
 the actor behaviour-cloned for the whole run (``--algo.bc_warmup_steps`` = ``--max-steps``). Two conditions:
 ``sarsa`` (a' = the dataset's next action) and ``td`` (a' ~ the behaviour-cloned policy at s'). The report
 (grouped by ``algo.backup``) plots phi(s,a)·phi(s',a') (``dr3_dot``), ``srank`` and ``q_mean`` over steps.

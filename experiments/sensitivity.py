@@ -2,7 +2,7 @@
 
     python -m experiments.sensitivity --scale cpu        # or --scale gpu; --dry-run prints the commands
 
-Config ``configs/experiments/sensitivity.yaml`` (CQL critic, ``mixed`` data). Runs: ``--dr3-coef`` in
+Config ``visual_dr3/configs/experiments/sensitivity.yaml`` (CQL critic, ``mixed`` data). Runs: ``--dr3-coef`` in
 ``--coefs`` (default 0, 0.001, 0.01, 0.1: off and three values across two orders of magnitude) with encoder
 features, and ``--dr3.features penultimate`` at ``--features-coef`` (default 0.01; its encoder counterpart is the
 sweep's run at that c0, shared). Two reports: ``c0_sweep`` (grouped by ``dr3.coef``) and ``features`` (grouped by

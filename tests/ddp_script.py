@@ -3,12 +3,14 @@
     python tests/ddp_script.py DUMP_DIR [--fixed-batch B] -- <train.py arguments>
 
 Trains through the real ``run()`` (real Trainer, real DDP on gloo) and adds a callback that writes, per
-rank, the parameters at the end (``params_rank<r>.pt``) and the gradients of the first step as the
-optimizer sees them, i.e. after DDP's all-reduce (``grads_rank<r>.pt``). With ``--fixed-batch B`` every
+rank, the parameters at the end (``params_rank<r>.pt``), the gradients of the first step as the
+optimizer sees them, i.e. after DDP's all-reduce (``grads_rank<r>.pt``), and with an evaluation, what the
+rank's evaluation callback holds at the end (``eval_rank<r>.json``). With ``--fixed-batch B`` every
 step uses the same B transitions of the dataset (sampled once with seed 0, no augmentation); under W
 ranks, rank r takes rows [r*B/W, (r+1)*B/W): the W-rank and 1-rank runs then see the same data.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 
 import visual_dr3  # noqa: F401
 from visual_dr3.data.replay import Batch
+from visual_dr3.evaluation.callback import EvalCallback
 from visual_dr3.app.cli_args import parse_train_args
 from visual_dr3.learner.datamodule import ReplayDataModule
 from visual_dr3.app.train import CONFIGS_DIR, run
@@ -32,9 +35,16 @@ class Dump(Callback):
             torch.save(grads, self.out / f"grads_rank{trainer.global_rank}.pt")
             self.done_grads = True
 
-    def on_train_end(self, trainer, pl_module):
+    def on_train_end(self, trainer, pl_module):  # after the evaluation callback's own (it comes first)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, self.out / f"params_rank{trainer.global_rank}.pt")
+        cb = next((c for c in trainer.callbacks if isinstance(c, EvalCallback)), None)
+        if cb is not None:  # what this rank's evaluation callback holds at the end
+            res = {"rank": trainer.global_rank, "best": cb.best_success_rate, "best_step": cb.best_step,
+                   "last_eval_step": cb.last_eval_step, "summary": cb.last_summary,
+                   "episodes": [r["episode"] for r in cb.last_records],
+                   "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}}
+            (self.out / f"eval_rank{trainer.global_rank}.json").write_text(json.dumps(res))
 
 
 def fixed_batch_datamodule(total: int):

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from visual_dr3.errors import UserError
-from visual_dr3.app.cli_args import dump_yaml, normalize_argv, parse_train_args
+from visual_dr3.app.cli_args import CONFIGS_DIR, dump_yaml, normalize_argv, parse_train_args
 from visual_dr3.learner.config import TrainConfig, from_dict, to_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIGS_DIR  # the shipped presets (package data)
 
 
 def test_defaults_and_flag_spellings():
@@ -45,6 +45,21 @@ def test_cog_config_sources():
     cfg = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")], configs_dir=CONFIGS)
     assert [(s.filter_key, s.weight) for s in cfg.data.sources] == [("prior", 0.5), ("task", 0.5)]
     assert cfg.algo.bc_warmup_steps == 10000
+
+
+def test_config_takes_a_path_or_a_shipped_config_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository: the shipped files are found in the package
+    want = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")], configs_dir=CONFIGS)
+    for name in ("pick_place_cog", "pick_place_cog.yaml", "configs/pick_place_cog.yaml", "--config=pick_place_cog"):
+        argv = [name] if name.startswith("--") else ["--config", name]
+        assert parse_train_args(argv, configs_dir=CONFIGS) == want, name
+    assert parse_train_args(["--config", "experiments/probe"], configs_dir=CONFIGS).cql.min_q_weight == 0.0
+    (tmp_path / "configs").mkdir()  # a file of the user's wins over a shipped name
+    (tmp_path / "configs" / "pick_place_cog.yaml").write_text("task: lift\n")
+    assert parse_train_args(["--config", "configs/pick_place_cog.yaml"], configs_dir=CONFIGS).task == "lift"
+    with pytest.raises(UserError, match=r"^--config nope: file not found, and not a shipped config \(shipped: cpu/lift, "
+                                        r"cpu/pick_place, experiments/cql_vs_dr3_cog, .*pick_place_cog, stack\)$"):
+        parse_train_args(["--config", "nope"], configs_dir=CONFIGS)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -85,3 +100,64 @@ def test_round_trip_yaml_and_dict():
     again = from_dict(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg
     assert from_dict(to_dict(TrainConfig())) == TrainConfig()
+
+
+@pytest.mark.parametrize("preset, max_steps, batch", [("cpu", 1000, 64), ("gpu", 100000, 256)])
+def test_help_shows_the_presets_values_and_says_so(preset, max_steps, batch, capsys):
+    """train.py --help: the defaults shown are the preset's (what the run would get), a line says which preset
+    and points to --print_config; examples, environment variables and exit codes follow."""
+    from visual_dr3.app.cli_args import EXAMPLES
+    from visual_dr3.app.help_text import TRAIN_ENVIRONMENT, TRAIN_EXIT_CODES
+
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(["--task", "lift", "--preset", preset, "--help"], configs_dir=CONFIGS)
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"Preset: {preset} (--preset {preset}), task lift. Presets override the code's defaults" in out
+    assert "--print_config" in out.split("Preset:")[1].split("options:")[0]
+    assert f"Gradient steps to train. (type: int, default: {max_steps})" in out
+    assert f"Transitions per step, per device. (type: int, default: {batch})" in out
+    assert all(" ".join(ex.split()) in out for ex in EXAMPLES)
+    assert all(name in out for name, _ in TRAIN_ENVIRONMENT) and "MUJOCO_GL" in out
+    assert [c for c, _ in TRAIN_EXIT_CODES] == [0, 1, 2, 3, "128+N"]
+    assert "exit codes: 0 trained to --max_steps" in out and "3 training stopped on non-finite values" in out
+
+
+def test_help_of_a_config_file_shows_its_values(capsys):
+    with pytest.raises(SystemExit):
+        parse_train_args(["--config", "pick_place_cog", "--preset", "gpu", "-h"], configs_dir=CONFIGS)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "task pick_place" in out and "(type: int, default: 10000)" in out  # algo.bc_warmup_steps of the file
+
+
+def test_help_examples_parse(monkeypatch, capsys):
+    """Every example of train.py --help and eval.py --help parses as written."""
+    import shlex
+
+    from visual_dr3.app import eval as eval_app
+    from visual_dr3.app.cli_args import EXAMPLES
+
+    for ex in EXAMPLES:
+        argv = shlex.split(ex.split("#")[0])
+        assert argv[0] == "train.py"
+        if "--print_config" in argv:
+            with pytest.raises(SystemExit) as e:
+                parse_train_args(argv[1:], configs_dir=CONFIGS)
+            assert e.value.code == 0 and "max_steps:" in capsys.readouterr().out
+        else:
+            parse_train_args(argv[1:], configs_dir=CONFIGS)
+    for ex in eval_app.EXAMPLES:
+        argv = shlex.split(ex.split("#")[0])
+        assert argv[0] == "eval.py"
+        eval_app.build_parser().parse_args(argv[1:])
+
+
+def test_eval_help_says_what_it_does_by_default():
+    from visual_dr3.app import eval as eval_app
+    from visual_dr3.app.help_text import EVAL_EXIT_CODES
+
+    text = " ".join(eval_app.build_parser().format_help().split())
+    assert "By default it acts as training's evaluation does" in text and "the mean action" in text
+    assert "--sample sample actions from the policy's distribution" in text
+    assert "MUJOCO_GL" in text and "CUDA_VISIBLE_DEVICES" in text
+    assert [c for c, _ in EVAL_EXIT_CODES] == [0, 1, 2, 130] and "exit codes: 0 evaluated" in text

@@ -1,6 +1,6 @@
 """End to end: ``python eval.py`` in a subprocess on a checkpoint made by ``python train.py`` (real dataset,
-real robosuite envs, 32x32 images, short horizon), its bad-input cases, and the training-time
-``EvalCallback`` under real 2-process CPU DDP."""
+real robosuite envs, 32x32 images, short horizon), by default equal to training's own evaluation, and its
+bad-input cases. (The training-time ``EvalCallback`` under real 2-process CPU DDP: tests/test_ddp.py.)"""
 
 from __future__ import annotations
 
@@ -32,17 +32,52 @@ def run_eval(args, cwd, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+#: training's evaluation in the checkpoint fixture: at step 2 (the last), 3 episodes of 8 steps, seed 3, on one
+#: worker acting with its own copy of the policy (one observation at a time: the trajectories are exact)
+TRAIN_EVAL = ["--seed", "3", "--eval-every", "2", "--eval-episodes", "3", "--eval-horizon", "8",
+              "--eval-workers", "1", "--eval-policy-in", "workers", "--eval-videos", "0"]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(lift_dataset, tmp_path_factory):
-    """A real (2-step) checkpoint of train.py on the session's tiny lift dataset."""
+    """A real (2-step) checkpoint of train.py on the session's tiny lift dataset, evaluated at its last step."""
     out = tmp_path_factory.mktemp("eval_ckpt") / "run"
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--task", "lift", "--dataset", str(lift_dataset),
-                        "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out), *SMALL],
+                        "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out), *TRAIN_EVAL, *SMALL],
                        cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     path = out / "checkpoints" / "last.ckpt"
-    assert path.is_file()
+    assert path.is_file() and (out / "eval" / "step_0000002.json").is_file()
     return path
+
+
+def test_eval_cli_by_default_reproduces_trainings_evaluation(checkpoint, tmp_path):
+    """``eval.py --checkpoint`` with no other flag but the workers' layout acts as training's evaluation: the
+    mean action, the run's seed, eval_episodes and eval_horizon; every episode's trajectory (the records'
+    digests of every observation) equals the logged one (sampled actions give other digests: measured when this
+    test was written; ``--sample`` is run by ``two_worker_run``). With the policy in the workers (its own CPU copy,
+    one observation at a time) the trajectories do not depend on the worker count: training's evaluation ran on
+    one worker, this one on two."""
+    logged = json.loads((checkpoint.parents[1] / "eval" / "step_0000002.json").read_text())
+    assert (logged["deterministic"], logged["seed"], logged["policy_in"]) == (True, 3, "workers")
+    assert logged["workers_per_rank"] == 1
+    out = tmp_path / "eval.json"
+    r = run_eval(["--checkpoint", checkpoint, "--workers", 2, "--policy-in", "workers", "--json", out,
+                  "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "run seed 3; episode i starts from episode_seed(seed, i) (as training's evaluation)" in r.stdout
+    assert "acting in each worker" in r.stdout
+    rep = json.loads(out.read_text())
+    assert (rep["deterministic"], rep["action"], rep["as_training_eval"]) == (True, "mean", True)
+    assert (rep["seed"], rep["episodes"], rep["horizon"], rep["global_step"], rep["workers"]) == (3, 3, 8, 2, 2)
+    assert rep["policy_in"] == "workers" and rep["envs_per_worker"] == 1
+    t = rep["timing"]  # the workers' own policy calls, one per env step
+    assert t["calls"] == t["rows"] == sum(r_["length"] for r_ in rep["records"]) and t["policy_seconds"] > 0
+    keys = ("episode", "seed", "success", "return", "length", "obs_digest")
+    assert [[x[k] for k in keys] for x in rep["records"]] == [[x[k] for k in keys] for x in logged["records"]]
+    assert rep["summary"]["successes"] == logged["summary"]["successes"]
+    digests = {x["obs_digest"] for x in rep["records"]}
+    assert len(digests) == 3 and None not in digests
 
 
 def read_frames(path: Path):
@@ -56,7 +91,7 @@ def two_worker_run(checkpoint, tmp_path_factory):
     d = tmp_path_factory.mktemp("eval2")
     out_json, videos = d / "res" / "eval.json", d / "videos"
     r = run_eval(["--checkpoint", checkpoint, "--episodes", 4, "--workers", 2, "--video", videos, "--json", out_json,
-                  "--horizon", 12, "--seed", 5, "--deterministic", "--policy-in", "parent"], cwd=d)
+                  "--horizon", 12, "--seed", 5, "--sample", "--policy-in", "parent"], cwd=d)
     return r, out_json, videos
 
 
@@ -69,7 +104,9 @@ def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
     rep = json.loads(out_json.read_text())
     assert [p.name for p in out_json.parent.iterdir()] == ["eval.json"]  # no temporary file left behind
     assert rep["task"] == "lift" and rep["env_name"] == "Lift" and rep["global_step"] == 2
-    assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5 and rep["deterministic"] is True
+    assert rep["episodes"] == 4 and rep["workers"] == 2 and rep["seed"] == 5
+    assert (rep["deterministic"], rep["action"], rep["as_training_eval"]) == (False, "sampled", False)  # --sample
+    assert "stochastic (sampled, --sample)" in r.stdout
     assert rep["envs_per_worker"] == 2 and rep["policy_in"] == "parent"  # 2 workers x 2 envs for 4 episodes
     t = rep["timing"]  # where the time went: the workers' sim and render time, the parent's policy calls
     assert t["rows"] == sum(r_["length"] for r_ in rep["records"]) and 1 <= t["calls"] <= t["rows"]
@@ -102,7 +139,8 @@ def test_eval_cli_writes_json_and_playable_videos(two_worker_run):
 
 def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_worker_run, tmp_path):
     """1 worker vs the 2-worker run: each episode starts from the same state (the videos' first frames; same
-    horizon, so that the two mp4s are encoded alike: x264's rate control looks ahead).
+    horizon and the same per-episode action noise of --sample, so that the two mp4s are encoded alike: x264's
+    rate control looks ahead).
 
     Later frames may differ slightly: a batch of 2 through the conv net rounds differently from a batch of 1
     (float32 on CPU), and the simulation amplifies ~1e-7 differences in actions. So only the start is exact.
@@ -112,7 +150,7 @@ def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_
     _, json2, _ = two_worker_run
     out = tmp_path / "one"
     r = run_eval(["--checkpoint", checkpoint, "--episodes", 2, "--workers", 1, "--video", out, "--json",
-                  out / "r.json", "--horizon", 12, "--seed", 5, "--deterministic", "--no-progress",
+                  out / "r.json", "--horizon", 12, "--seed", 5, "--sample", "--no-progress",
                   "--policy-in", "parent"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval:" not in r.stderr  # --no-progress
@@ -123,27 +161,6 @@ def test_eval_cli_same_initial_states_whatever_the_worker_count(checkpoint, two_
     for u, v in zip(*firsts):
         assert u.shape == v.shape and np.abs(u - v).max() <= 4  # same frames -> same H.264 (small slack)
     assert np.abs(firsts[0][0] - firsts[0][1]).max() > 50  # (episodes 0 and 1 do start differently)
-
-
-def test_eval_cli_with_the_policy_in_the_workers_gives_the_same_episodes_for_any_worker_count(checkpoint, tmp_path):
-    """Each worker acts with its own CPU copy of the policy, one observation at a time, so an episode's whole
-    trajectory (every observation, pixel for pixel: the records' digests) is the same with 1 or 2 workers."""
-    reps = {}
-    for workers in (2, 1):
-        out = tmp_path / f"w{workers}.json"
-        r = run_eval(["--checkpoint", checkpoint, "--episodes", 2, "--workers", workers, "--json", out, "--horizon",
-                      8, "--seed", 5, "--deterministic", "--no-progress", "--policy-in", "workers"], cwd=tmp_path)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert "acting in each worker" in r.stdout
-        reps[workers] = json.loads(out.read_text())
-    for rep in reps.values():
-        assert rep["policy_in"] == "workers" and rep["envs_per_worker"] == 1
-        t = rep["timing"]  # the workers' own policy calls, one per env step
-        assert t["calls"] == t["rows"] == sum(r_["length"] for r_ in rep["records"]) and t["policy_seconds"] > 0
-    digests = [[r_["obs_digest"] for r_ in rep["records"]] for rep in (reps[1], reps[2])]
-    assert digests[0] == digests[1] and len(set(digests[0])) == 2 and None not in digests[0]
-    assert [(r_["length"], r_["success"]) for r_ in reps[1]["records"]] == \
-        [(r_["length"], r_["success"]) for r_ in reps[2]["records"]]
 
 
 @pytest.fixture(scope="module")
@@ -192,86 +209,6 @@ def test_bad_input_through_the_script_is_one_line_exit_2(bad_files, tmp_path):
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no 'visual_dr3' metadata (incompatible checkpoint)" in lines[0], r.stderr[-2000:]
-
-
-CALLBACK_SCRIPT = r'''
-import json, sys
-from pathlib import Path
-import visual_dr3  # noqa: F401
-import lightning as L
-import torch
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from visual_dr3.evaluation.callback import EvalCallback
-from visual_dr3.learner.config import TrainConfig, to_dict
-from visual_dr3.learner.datamodule import ReplayDataModule
-from visual_dr3.learner.module import DR3CQL
-from visual_dr3.app.dataset import peek_dataset
-from visual_dr3.envs.tasks import get_task
-
-def main():
-    dataset, out, devices = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    torch.set_num_threads(1)
-    task = get_task("lift")
-    cfg = TrainConfig(task="lift", dataset=dataset, batch_size=8, max_steps=3, log_every=1, seed=0)
-    cfg.model.feature_dim, cfg.model.hidden_dims, cfg.cql.num_actions = 16, [16, 16], 2
-    info = peek_dataset(Path(dataset), task.image_keys, task.proprio_keys)
-    L.seed_everything(0, verbose=False)
-    module = DR3CQL(to_dict(cfg), list(task.image_keys), list(task.proprio_keys), info["proprio_dim"],
-                    info["image_size"], 7, env_args=info["env_args"], dataset_meta=info["meta"])
-    dm = ReplayDataModule(cfg, dataset, list(task.image_keys), list(task.proprio_keys), 7, info["image_size"])
-    cb = EvalCallback(every_n_steps=2, episodes=3, workers=1, seed=0, video_dir=out / "eval" / "videos",
-                      video_episodes=1, output_dir=out, horizon=6)
-    loggers = [CSVLogger(save_dir=str(out), name="", version=""),
-               WandbLogger(project="t", save_dir=str(out), offline=True)]
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        max_steps=cfg.max_steps, logger=loggers, callbacks=[cb], enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=1, default_root_dir=str(out),
-                        use_distributed_sampler=False, enable_checkpointing=False)
-    trainer.fit(module, datamodule=dm)
-    res = {"rank": trainer.global_rank, "best": cb.best_success_rate, "best_step": cb.best_step,
-           "last_eval_step": cb.last_eval_step, "summary": cb.last_summary,
-           "episodes": [r["episode"] for r in cb.last_records],
-           "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}}
-    (out / f"result_rank{trainer.global_rank}.json").write_text(json.dumps(res))
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-def test_eval_callback_under_two_process_ddp(lift_dataset, tmp_path):
-    script = tmp_path / "cb_script.py"
-    script.write_text(CALLBACK_SCRIPT)
-    out = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(script), str(lift_dataset), str(out), "2"], cwd=tmp_path,
-                       env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    res = [json.loads((out / f"result_rank{k}.json").read_text()) for k in (0, 1)]
-    # evaluated at step 2 (every 2) and at the end (step 3); both ranks hold the same gathered results
-    for x in res:
-        assert x["last_eval_step"] == 3 and x["episodes"] == [0, 1, 2] and x["best_step"] == 2
-        assert set(x["metrics"]) >= {"eval/success_rate", "eval/success_ci95_low", "eval/success_ci95_high",
-                                     "eval/return", "eval/length"}
-    assert res[0]["metrics"] == res[1]["metrics"] and res[0]["summary"] == res[1]["summary"]
-    assert res[0]["summary"]["episodes"] == 3 and res[0]["summary"]["mean_length"] <= 6
-    # rank 0 alone wrote the files
-    assert sorted(p.name for p in (out / "eval").glob("step_*.json")) == ["step_0000002.json", "step_0000003.json"]
-    rep = json.loads((out / "eval" / "step_0000003.json").read_text())
-    assert [x["episode"] for x in rep["records"]] == [0, 1, 2] and rep["world_size"] == 2
-    assert [x["seed"] for x in rep["records"]] == [episode_seed(0, i) for i in range(3)]
-    # the pool's own setting: rank 0's 2 episodes on 1 worker, 2 envs in the parent's mode, 1 in the workers'
-    assert rep["envs_per_worker"] == {"parent": 2, "workers": 1}[rep["policy_in"]]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt"]
-    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert best["global_step"] == 2 and "visual_dr3" in best
-    # videos of rank 0's first episode (episode 0) at each evaluation, also logged to wandb
-    vids = sorted(p.relative_to(out / "eval" / "videos").as_posix() for p in (out / "eval" / "videos").rglob("*.mp4"))
-    assert [v.split("/")[0] for v in vids] == ["step_0000002", "step_0000003"]
-    assert all(v.split("/")[1].startswith("ep0000_") for v in vids)
-    assert list((out / "wandb").rglob("media/videos/eval/*.mp4"))
-    # the CSV logger got the eval metrics at the training step
-    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert "eval/success_rate" in header and "eval/success_ci95_high" in header
 
 
 def test_grasp_trace_classes_each_episode(checkpoint):

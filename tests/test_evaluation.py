@@ -202,6 +202,21 @@ def test_resolve_env_args_mismatch_is_one_line_user_error(change, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_dataset_without_our_render_record_is_evaluated_with_robosuites_default_rendering():
+    """A file made by other tools (robomimic's conversion renders with robosuite's defaults) carries no render
+    record: its env_args say to render that way; ours say nothing (our fast rendering)."""
+    from visual_dr3.checkpoint import resolve_env_args
+    from visual_dr3.envs.make import FAST_RENDER_KEY
+
+    meta = _meta()
+    del meta["dataset_meta"]["render"]
+    env_args, notes = resolve_env_args(meta, where="ckpt")
+    assert env_args[FAST_RENDER_KEY] is False and FAST_RENDER_KEY not in meta["env_args"]  # a copy
+    assert notes == ["ckpt: its dataset carries no visual-dr3 render settings (e.g. made by robomimic's tools): "
+                     "evaluating with robosuite's default rendering (reflections, multisampling)"]
+    assert FAST_RENDER_KEY not in resolve_env_args(_meta())[0]
+
+
 def test_resolve_env_args_without_env_args_falls_back_to_the_task_env():
     from visual_dr3.checkpoint import resolve_env_args
 

@@ -19,8 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import common, cql_vs_dr3, learn_to_grasp, sarsa_vs_td, sensitivity  # noqa: E402
 from experiments.runner import last_logged_step  # noqa: E402
+from visual_dr3.app.cli_args import CONFIGS_DIR  # noqa: E402
 
-CFG = ROOT / "configs" / "experiments"
+CFG = CONFIGS_DIR / "experiments"
 
 
 def plan(module, *argv):
@@ -42,7 +43,7 @@ def test_learn_to_grasp_runs_the_cpu_preset_with_bc_given_three_times_the_steps(
     assert len(runs) == 2 * 3 * 3 and {r.group for r in runs} == {"lift_expert", "lift_mixed"}
     for r in runs:
         assert r.train_args[:2] == ("--preset", "cpu")
-        cfg = parse_train_args(list(r.train_args), configs_dir=ROOT / "configs")
+        cfg = parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR)
         assert cfg.preset == "cpu" and cfg.seed == r.seed and cfg.max_steps == r.max_steps
         assert cfg.algo.backup == "sarsa" and cfg.algo.n_step == 5 and not cfg.progress and cfg.wandb == "off"
         assert cfg.algo.bc_loss == "mse" and cfg.algo.policy_ema == 0.99 and cfg.model.actor_encoder == "shared"
@@ -57,11 +58,11 @@ def test_kl_conditions_set_the_kl_weight_beside_cql_and_dr3(monkeypatch):
 
     monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
     _, runs = plan(learn_to_grasp, "--conditions", "kl", "dr3_kl", "--kl-coef", "0.05", "--seeds", "1")
-    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs}
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR) for r in runs}
     assert {c: (cfg.dr3.coef, cfg.kl.coef) for c, cfg in got.items()} == {"kl": (0.0, 0.05), "dr3_kl": (0.01, 0.05)}
     _, runs = plan(cql_vs_dr3, "--scale", "cpu", "--kinds", "mixed", "--seeds", "0", "--conditions", "cql", "dr3",
                    "kl", "dr3_kl")
-    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs}
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR) for r in runs}
     assert {c: (cfg.dr3.coef, cfg.kl.coef) for c, cfg in got.items()} == {
         "cql": (0.0, 0.0), "dr3": (0.01, 0.0), "kl": (0.0, 1.0), "dr3_kl": (0.01, 1.0)}
     assert [r.out_dir.name for r in runs] == ["cql_s0", "dr3_s0", "kl_s0", "dr3_kl_s0"]
@@ -194,7 +195,7 @@ def test_sensitivity_recipe_scale_sweeps_c0_on_the_learning_recipe(monkeypatch):
     dr3_s1 = flags(study[0])
     sens = flags(runs[3])
     assert sens[:len(dr3_s1)] == dr3_s1 and sens[len(dr3_s1):] == ["--dr3.features", "encoder"]
-    cfg = parse_train_args(list(runs[3].train_args), configs_dir=ROOT / "configs")
+    cfg = parse_train_args(list(runs[3].train_args), configs_dir=CONFIGS_DIR)
     assert (cfg.dr3.coef, cfg.dr3.features, cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.seed) == \
         (0.1, "encoder", "separate_bc", 500, 1)
     specs, index, _ = sensitivity.reports(args, scale, runs)
@@ -387,7 +388,7 @@ def test_every_condition_parses_with_train_py_parser(module, scale):
     for r in runs:
         seen.setdefault((r.group, r.condition), r)
     for (group, cond), r in seen.items():
-        cfg = parse_train_args(list(r.train_args), configs_dir=ROOT / "configs")
+        cfg = parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR)
         assert cfg.max_steps == r.max_steps and cfg.seed == r.seed and cfg.wandb == "off" and not cfg.progress
         assert cfg.output_dir == str(r.out_dir) and cfg.resume == "auto"
         assert cfg.batch_size == (64 if scale == "cpu" else 256)
@@ -430,7 +431,7 @@ def test_cql_vs_dr3_recipe_scale_runs_the_preset_with_every_dr3_layer(monkeypatc
     assert (scale.max_steps, scale.eval_every, scale.eval_episodes, scale.seeds, scale.jobs) == \
         (1000, 250, 50, (1, 2, 3), 2)
     assert len(runs) == 27 and runs[0].train_args[:4] == ("--preset", "cpu", "--config", str(CFG / "learn_to_grasp.yaml"))
-    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs if r.seed == 2}
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR) for r in runs if r.seed == 2}
     assert {c: cfg.algorithm for c, cfg in got.items()} == {c: "bc" if c == "bc" else "cql" for c in got}
     got.pop("bc")
     assert {c: (cfg.dr3.coef, cfg.dr3.features, cfg.dr3.detach_next, cfg.kl.coef) for c, cfg in got.items()} == {

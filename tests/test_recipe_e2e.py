@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from visual_dr3.app.cli_args import CONFIGS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TINY = ["--batch-size", "8", "--model.feature_dim", "32", "--model.hidden_dims", "[32,32]", "--cql.num_actions",
@@ -31,7 +33,7 @@ def test_cpu_preset_is_layered_recorded_and_announced(lift_dataset, tmp_path):
     assert "[visual-dr3] preset cpu (" in r.stdout  # the choice and why, in one line
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # configs/cpu/lift.yaml over configs/lift.yaml, flags over both
-    want = yaml.safe_load((ROOT / "configs" / "cpu" / "lift.yaml").read_text())
+    want = yaml.safe_load((CONFIGS_DIR / "cpu" / "lift.yaml").read_text())
     assert cfg["preset"] == "cpu" and cfg["max_steps"] == 4 and cfg["batch_size"] == 8
     assert all(cfg["algo"][k] == v for k, v in want["algo"].items())
     assert cfg["data"]["image_size"] == want["data"]["image_size"] and cfg["dr3"]["coef"] == 0.01
@@ -39,14 +41,25 @@ def test_cpu_preset_is_layered_recorded_and_announced(lift_dataset, tmp_path):
     hp = ckpt["hyper_parameters"]
     assert hp["dataset_stats"]["fixed_actions"][3:6] == [0.0, 0.0, 0.0]  # the scripted data never rotates
     assert ckpt["state_dict"]["q.heads.0.body.0.weight"].shape[1] == 32 + 4  # phi + (x, y, z, gripper)
-    # the preset acts with the moving average of the actor (and the encoder it reads); eval.py can pick either
+    # the preset acts with the moving average of the actor (and the encoder it reads); eval.py can pick either:
+    # through the CLI by default, and each choice on the checkpoint's networks in-process
     assert cfg["algo"]["policy_ema"] > 0 and any(k.startswith("ema_actor.") for k in ckpt["state_dict"])
-    for weights in ("auto", "trained"):
-        r = run("eval.py", ["--checkpoint", out / "checkpoints" / "last.ckpt", "--episodes", 1, "--horizon", 4,
-                            "--weights", weights, "--json", tmp_path / f"{weights}.json", "--no-progress"], tmp_path)
-        assert r.returncode == 0, r.stderr[-3000:]
-        rep = json.loads((tmp_path / f"{weights}.json").read_text())
-        assert rep["weights"] == {"auto": "ema", "trained": "trained"}[weights]
+    r = run("eval.py", ["--checkpoint", out / "checkpoints" / "last.ckpt", "--episodes", 1, "--horizon", 4,
+                        "--json", tmp_path / "auto.json", "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "auto.json").read_text())["weights"] == "ema" and "moving-average" in r.stdout
+    from visual_dr3.app.eval import build_parser
+    from visual_dr3.checkpoint import load_policy
+    from visual_dr3.evaluation.evaluate import choose_weights
+
+    module, _, _ = load_policy(out / "checkpoints" / "last.ckpt", "cpu")
+    for weights, nets in (("trained", (module.actor_encoder or module.encoder, module.actor)),
+                          ("ema", (module.ema_encoder, module.ema_actor)),
+                          ("auto", (module.ema_encoder, module.ema_actor))):
+        assert build_parser().parse_args(["--checkpoint", "x", "--weights", weights]).weights == weights
+        assert choose_weights(module, weights) == {"auto": "ema"}.get(weights, weights)
+        assert all(a is b for a, b in zip(module.acting_nets(), nets))
+    assert not torch.equal(module.ema_actor.out.weight, module.actor.out.weight)  # they do differ
 
 
 def test_bc_trains_and_evaluates_through_the_clis(lift_dataset, tmp_path):

@@ -14,12 +14,12 @@ from visual_dr3.data.replay import SourceSpec, load_replay, n_step_transitions
 from visual_dr3.data.stats import dataset_stats
 from visual_dr3.envs.tasks import default_dataset_path
 from visual_dr3.errors import UserError
-from visual_dr3.app.cli_args import parse_train_args, preset_files
+from visual_dr3.app.cli_args import CONFIGS_DIR, parse_train_args, preset_files
 from visual_dr3.learner.config import TrainConfig, to_dict
 from visual_dr3.learner.module import DR3CQL
 
 CAMS, PROP = list(CAMERAS), list(PROPRIO)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIGS_DIR  # the shipped presets (package data)
 
 
 def all_of(rb):
@@ -205,7 +205,8 @@ def test_default_dataset_of_the_cpu_preset_is_generated_once_with_data_seed_0(tm
         Path(kw["out"]).write_bytes(b"")
 
     monkeypatch.setattr(gen, "generate_dataset", fake_generate)
-    monkeypatch.setattr(train, "REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default datasets are made under the working directory
+    monkeypatch.delenv(train.DATA_ROOT_ENV, raising=False)
     cfg = parse_train_args(["--preset", "cpu", "--seed", "3"], configs_dir=CONFIGS)
     path = train.resolve_dataset(cfg, get_task("lift"))
     assert path == tmp_path / "data" / "lift_expert_48px_100ep.hdf5" and path.is_file()

@@ -168,9 +168,12 @@ def resolve_env_args(meta: dict, where: str = "checkpoint") -> tuple[dict, list[
         if diff:
             raise UserError(f"{where}: the training data was rendered with {', '.join(diff)}; images would "
                             f"differ from what the policy was trained on")
-    else:
-        notes.append(f"{where} carries no render settings of its dataset: assuming visual-dr3's "
-                     f"({', '.join(f'{k}={v}' for k, v in render_settings().items() if k in PIXEL_RENDER_KEYS)})")
+    else:  # not made by this project (e.g. robomimic's dataset_states_to_obs): robosuite's default rendering
+        from visual_dr3.envs.make import FAST_RENDER_KEY
+
+        env_args = {**env_args, FAST_RENDER_KEY: False}
+        notes.append(f"{where}: its dataset carries no visual-dr3 render settings (e.g. made by robomimic's "
+                     f"tools): evaluating with robosuite's default rendering (reflections, multisampling)")
     return env_args, notes
 
 

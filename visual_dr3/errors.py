@@ -18,6 +18,16 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
+def command_name(script: str) -> str:
+    """The name the user typed for this command, for ``--help`` and messages: the installed console script's
+    (``visual-dr3-train``, see :mod:`visual_dr3.app.console`) when that started the process, else ``script``
+    (``train.py``, ``python -m visual_dr3.report``)."""
+    import os
+
+    ran = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return ran if ran.startswith("visual-dr3-") else script
+
+
 def say(line: str, stdout: bool = False) -> None:
     """Print one line for the user, on stderr (``stdout=True``: on stdout), above any live tqdm progress bar."""
     stream = sys.stdout if stdout else sys.stderr

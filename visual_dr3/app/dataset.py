@@ -3,7 +3,6 @@ use (:func:`resolve_dataset`); its shapes and metadata without loading it (:func
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -12,15 +11,16 @@ from typing import Sequence
 from visual_dr3.errors import UserError, say
 from visual_dr3.learner.config import TrainConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: environment variable naming the folder that holds the generated default datasets' ``data/`` (default: the
-#: repository), e.g. a scratch disk on a cluster, or an empty folder to time a run from nothing
+#: current working directory, never the installed package), e.g. a scratch disk on a cluster, or an empty folder
+#: to time a run from nothing
 DATA_ROOT_ENV = "VISUAL_DR3_DATA_ROOT"
 
 
 def data_root() -> Path:
-    """The folder whose ``data/`` holds the default datasets: ``$VISUAL_DR3_DATA_ROOT``, else the repository."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT)
+    """The folder whose ``data/`` holds the default datasets: ``$VISUAL_DR3_DATA_ROOT``, else the current
+    working directory (as for the run folder, ``runs/<task>``)."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or Path.cwd())
 
 
 def rank(local: bool = False) -> int:
@@ -35,6 +35,8 @@ def rank(local: bool = False) -> int:
 def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[str]) -> dict:
     """Shapes and metadata of a dataset without loading it (full validation happens in load_replay)."""
     import h5py
+
+    from visual_dr3.data.validate import parse_json_attr
 
     try:
         with h5py.File(path, "r") as f:
@@ -51,10 +53,14 @@ def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[s
                 if k not in obs:
                     raise UserError(f"{path}: obs key '{k}' missing in data/{demos[0]}/obs "
                                     f"(have: {', '.join(sorted(obs.keys()))})")
-            image_size = int(obs[image_keys[0]].shape[1])
+            shape = tuple(obs[image_keys[0]].shape)
+            if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+                raise UserError(f"{path}: data/{demos[0]}/obs/{image_keys[0]} has shape {shape}; expected square "
+                                f"uint8 images (T, H, H, 3), e.g. robomimic's 84x84")
+            image_size = int(shape[1])
             proprio_dim = int(sum(int(obs[k].shape[1]) if obs[k].ndim > 1 else 1 for k in proprio_keys))
-            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
-            meta = json.loads(data.attrs["visual_dr3"]) if "visual_dr3" in data.attrs else {}
+            env_args = parse_json_attr(str(path), data, "env_args")  # {} when absent; bad JSON: one line
+            meta = parse_json_attr(str(path), data, "visual_dr3")
             action_dim = int(data[demos[0]]["actions"].shape[1])
     except OSError as e:
         raise UserError(f"{path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
@@ -70,6 +76,10 @@ def dataset_info(path: Path, task) -> dict:
                         f"expects {task.action_dim}")
     if info["meta"].get("task") not in (None, task.name):
         raise UserError(f"{path}: made for task '{info['meta']['task']}', not '{task.name}' (--task)")
+    env_name = info["env_args"].get("env_name") if isinstance(info["env_args"], dict) else None
+    if env_name not in (None, task.env_name):  # a file of robomimic's tooling names its env only here
+        raise UserError(f"{path}: data.attrs['env_args'] describe robosuite env '{env_name}', but task "
+                        f"'{task.name}' is '{task.env_name}'; expected --task of that env")
     return info
 
 

@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from visual_dr3.app.cli_args import dump_yaml, parse_train_args
-from visual_dr3.app.dataset import REPO_ROOT, dataset_info, rank, resolve_dataset
+from visual_dr3.app.cli_args import CONFIGS_DIR, dump_yaml, parse_train_args
+from visual_dr3.app.dataset import dataset_info, rank, resolve_dataset
 from visual_dr3.errors import EXIT_DIVERGED, UserError, cli_entry, say
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 from visual_dr3.learner.config import TrainConfig, to_dict
@@ -23,10 +23,9 @@ from visual_dr3.learner.config import TrainConfig, to_dict
 # checkpoints are taken after the step on purpose; the run folder is ours).
 QUIET_WARNINGS = (".*does not have many workers.*", ".*IterableDataset.*", ".*pre-optimization state.*",
                   ".*exists and is not empty.*", ".*LeafSpec.*", ".*weights_only.*", ".*anonymous setting.*")
-CONFIGS_DIR = REPO_ROOT / "configs"
-PRESET_WHY = {"cpu": "configs/cpu/<task>.yaml over configs/<task>.yaml: small images and a short schedule that "
+PRESET_WHY = {"cpu": "visual_dr3/configs/cpu/<task>.yaml over <task>.yaml: small images and a short schedule that "
                      "learns on a few CPU cores",
-              "gpu": "configs/<task>.yaml: the full-scale schedule"}
+              "gpu": "visual_dr3/configs/<task>.yaml: the full-scale schedule"}
 
 
 def check_run_folder(out: Path, cfg: TrainConfig) -> None:

@@ -46,7 +46,7 @@ from visual_dr3.data.generate_workers import (WORKER, close_worker_env, init_wor
                                              worker_pool)
 from visual_dr3.envs.scripted import PRIOR_MODES, SCRIPTED_VERSION
 from visual_dr3.envs.tasks import KINDS, TASKS, TaskSpec, get_task
-from visual_dr3.errors import OneLineParser, UserError, cli_entry
+from visual_dr3.errors import OneLineParser, UserError, cli_entry, command_name
 
 EXPERT_SIGMA = 0.1
 COG_SIGMAS = (0.1, 0.3, 0.6)
@@ -359,7 +359,7 @@ def format_summary(s: dict) -> str:
 # CLI
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m visual_dr3.data.generate",
+    p = OneLineParser(prog=command_name("python -m visual_dr3.data.generate"),
                 description="Generate a robosuite dataset (robomimic HDF5 layout) with scripted noisy policies.")
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes (demos)")

@@ -166,10 +166,16 @@ def make_env(task: "str | TaskSpec", image_size: int = 84, cameras=None, horizon
     return make_env_from_args(env_args_for(task, image_size, cameras, horizon, seed), fast_render=fast_render)
 
 
-def make_env_from_args(env_args: dict, seed: int | None = None, *, fast_render: bool = True, **overrides):
+#: key of ``env_args`` (beside robomimic's ``env_name``/``env_kwargs``) saying how to render: False for a dataset
+#: made with robosuite's default rendering (reflections, multisampling), e.g. by robomimic's conversion scripts
+FAST_RENDER_KEY = "visual_dr3_fast_render"
+
+
+def make_env_from_args(env_args: dict, seed: int | None = None, *, fast_render: bool | None = None, **overrides):
     """Rebuild the env described by robomimic ``env_args`` (from a dataset or checkpoint).
 
     ``overrides`` replace entries of ``env_kwargs`` (e.g. ``horizon=500``). ``hard_reset`` is always False.
+    ``fast_render`` None: ``env_args[FAST_RENDER_KEY]`` when present, else True (this project's rendering).
     """
     if not isinstance(env_args, dict) or "env_name" not in env_args:
         raise UserError(f"env_args: expected a dict with env_name/env_kwargs; got {str(env_args)[:80]!r}")
@@ -191,7 +197,7 @@ def make_env_from_args(env_args: dict, seed: int | None = None, *, fast_render: 
     robosuite = robosuite_module()
     robosuite.macros.IMAGE_CONVENTION = IMAGE_CONVENTION  # in case anything changed it since the first use
     env = robosuite.make(env_args["env_name"], **kwargs)
-    env._vdr3_fast_render = bool(fast_render)
+    env._vdr3_fast_render = bool(env_args.get(FAST_RENDER_KEY, True) if fast_render is None else fast_render)
     _apply_render_settings(env)
     # The MJCF of this env, for `model_file` in datasets. mj_saveLastXML saves the model mujoco compiled
     # last in this process, so take it now, right after construction.

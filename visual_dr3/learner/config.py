@@ -194,7 +194,7 @@ class TrainConfig:
     algorithm: Literal["cql", "bc"] = "cql"
     """``cql``: CQL critic + SAC actor (+ DR3); ``bc``: behaviour cloning of the actor alone (the floor to beat)."""
     preset: Literal["auto", "cpu", "gpu"] = "auto"
-    """Defaults: ``configs/<task>.yaml`` (gpu), plus ``configs/cpu/<task>.yaml`` (cpu); ``auto``: cpu without CUDA."""
+    """The preset files under --config and flags: visual_dr3/configs/<task>.yaml (gpu), plus cpu/<task>.yaml (cpu); auto: cpu without CUDA."""
     dataset: Optional[str] = None
     """HDF5 dataset; None means the task's default file under data/ (generated first if missing)."""
     output_dir: Optional[str] = None

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from visual_dr3.errors import UserError, cli_entry, say
+from visual_dr3.errors import UserError, cli_entry, command_name, say
 from visual_dr3.fileio import ensure_writable_dir, write_text_atomic
 
 __all__ = ["build_report", "main", "read_findings"]
@@ -60,7 +60,8 @@ def build_report(run_dirs: Sequence[str], out: str, title: str = "DR3 study", gr
 
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m visual_dr3.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=command_name("python -m visual_dr3.report"),
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (config.yaml + metrics.csv)")
     p.add_argument("--out", required=True, help="report folder (index.md and PNGs are written there)")
     p.add_argument("--title", default="DR3 study", help="page title")
