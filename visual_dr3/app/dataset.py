@@ -3,7 +3,6 @@ use (:func:`resolve_dataset`); its shapes and metadata without loading it (:func
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[s
     """Shapes and metadata of a dataset without loading it (full validation happens in load_replay)."""
     import h5py
 
+    from visual_dr3.data.validate import parse_json_attr
+
     try:
         with h5py.File(path, "r") as f:
             if "data" not in f:
@@ -53,11 +54,13 @@ def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[s
                                     f"(have: {', '.join(sorted(obs.keys()))})")
             image_size = int(obs[image_keys[0]].shape[1])
             proprio_dim = int(sum(int(obs[k].shape[1]) if obs[k].ndim > 1 else 1 for k in proprio_keys))
-            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
-            meta = json.loads(data.attrs["visual_dr3"]) if "visual_dr3" in data.attrs else {}
+            env_args = parse_json_attr(str(path), data, "env_args")  # data only: JSON, never eval or pickle
+            meta = parse_json_attr(str(path), data, "visual_dr3")
             action_dim = int(data[demos[0]]["actions"].shape[1])
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: cannot be read as HDF5, truncated or corrupt ({first}); expected a complete "
+                        f"robomimic-layout file") from None
     return dict(image_size=image_size, proprio_dim=proprio_dim, env_args=env_args, meta=meta,
                 action_dim=action_dim)
 

@@ -71,7 +71,7 @@ def open_h5(path: str) -> Iterator[h5py.File]:
                         f"expected a complete HDF5 file") from None
     try:
         yield f
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py: KeyError for an object that fails to open
         raise UserError(f"{path}: read failed, the file is truncated or corrupt ({first_line(e)}); "
                         f"expected a complete HDF5 file") from None
     finally:
