@@ -63,6 +63,7 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+    from visual_dr3.app.ranks import WatchRanks
     from visual_dr3.learner.callbacks import FinalCheckpoint, GracefulStop, LogLastStep, StepProgress
     from visual_dr3.learner.resume import AtomicCheckpointIO, ResumeState
 
@@ -90,6 +91,7 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
         ResumeState(),
         GracefulStop(),
         LogLastStep(),
+        *([WatchRanks(out)] if cfg.devices * cfg.num_nodes > 1 else []),
         *extra_callbacks,
     ]
     strategy = "auto" if cfg.devices * cfg.num_nodes == 1 else "ddp"
