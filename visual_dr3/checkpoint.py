@@ -88,6 +88,12 @@ def _check_archive(p: Path, flag: str) -> None:
     if bad is not None:
         raise UserError(f"{flag} {p}: corrupt (record {bad} fails its CRC check); expected a complete file "
                         f"written by train.py")
+    with open(p, "rb") as f:  # torch ends the file with the end record, without a comment (zipfile tolerates one)
+        f.seek(-22, os.SEEK_END)
+        tail = f.read(22)
+    if tail[:4] != b"PK\x05\x06" or tail[20:22] != b"\0\0":
+        raise UserError(f"{flag} {p}: truncated or corrupt (its zip end record is damaged); expected a complete "
+                        f"file written by train.py")
 
 
 def _unsafe_global(message: str) -> Optional[str]:
