@@ -32,10 +32,17 @@ def write_error(path: "str | os.PathLike", e: BaseException) -> "WriteError | No
     """The one-line :class:`WriteError` for ``e`` raised while writing ``path`` when ``e`` is one of
     :data:`NO_ROOM` (by errno, or by its text for writers that only pass the message on: HDF5, ffmpeg);
     None otherwise."""
-    code = getattr(e, "errno", None)
-    if code not in NO_ROOM:
-        text = str(e)
-        code = next((c for c in NO_ROOM if os.strerror(c) in text or f"errno = {c}," in text), None)
+    code = None
+    seen = set()
+    while e is not None and id(e) not in seen and code is None:  # torch raises its own error from the OSError
+        seen.add(id(e))
+        code = getattr(e, "errno", None) if getattr(e, "errno", None) in NO_ROOM else None
+        if code is None:
+            text = str(e)
+            code = next((c for c in NO_ROOM if os.strerror(c) in text or f"errno = {c}," in text), None)
+        e = e.__cause__ or e.__context__
+    if code is None:
+        code = _folder_refuses(Path(path).parent)
     if code is None:
         return None
     return WriteError(f"{path}: cannot be written ({os.strerror(code)}); the previous file, if any, is unchanged "
@@ -82,6 +89,20 @@ def commit(tmp: "str | os.PathLike", path: "str | os.PathLike") -> Path:
     except OSError:  # some file systems cannot fsync a folder; the rename has happened
         pass
     return Path(path)
+
+
+def _folder_refuses(folder: Path) -> "int | None":
+    """ENOSPC when ``folder``'s file system has (almost) no room left, EROFS when it is mounted read-only: for
+    writers whose error carries no errno (torch's "unexpected pos", ffmpeg's broken pipe)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if st.f_bavail * st.f_frsize < (1 << 20):
+        return errno.ENOSPC
+    return None
 
 
 @contextlib.contextmanager
