@@ -126,6 +126,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
 
     # Lightning's info lines (device listing, tips) give way to our own progress bar and summary.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # "Initializing distributed: ..." per rank
     from visual_dr3.learner.datamodule import ReplayDataModule
     from visual_dr3.learner.module import DR3CQL, TrainingDiverged
 
