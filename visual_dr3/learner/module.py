@@ -26,7 +26,8 @@ from visual_dr3.learner.update import Nets, compute_update, ema_decay
 
 
 class TrainingDiverged(Exception):
-    """Non-finite loss, Q-values or gradients; raised at the next log step or save (no checkpoint written)."""
+    """Non-finite loss, Q-values or gradients; raised at the next log step or save (no checkpoint written). From
+    the non-finite step on, no optimizer step is applied (see ``DR3CQL.optimizer_step``)."""
 
 
 GUARDED = ("loss", "Q-values", "gradients")
@@ -132,7 +133,8 @@ class DR3CQL(L.LightningModule):
             groups.append({"params": [self.log_alpha], "lr": a.alpha_lr, "name": "alpha"})
         if self.log_alpha_prime is not None:
             groups.append({"params": [self.log_alpha_prime], "lr": a.critic_lr, "name": "alpha_prime"})
-        return torch.optim.Adam([g for g in groups if g["params"]])
+        # fused: one kernel per device, and it honours ``found_inf`` (see optimizer_step)
+        return torch.optim.Adam([g for g in groups if g["params"]], fused=True)
 
     def make_update_generator(self) -> torch.Generator:
         """Generator of the update's own noise (uniform and policy actions), seeded per rank, on the device."""
@@ -158,7 +160,7 @@ class DR3CQL(L.LightningModule):
         # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
         log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
         if log_now:
-            self.check_finite()  # before the step: the weights of a diverged step are never applied
+            self.check_finite()  # stops the run; between log steps optimizer_step skips a non-finite step
         self.optimizer_step(opt, step)
         if log_now:
             self._log_diagnostics(out, batch, grad_metrics, step)
@@ -183,7 +185,16 @@ class DR3CQL(L.LightningModule):
 
     def optimizer_step(self, opt, step: Optional[int] = None) -> None:
         """The optimizer step, then the Polyak updates of the target critic, of the acting weights' average
-        (``step``: the update's 0-based index, default ``global_step``) and of the KL's lagged policy."""
+        (``step``: the update's 0-based index, default ``global_step``) and of the KL's lagged policy.
+
+        Once a non-finite loss, Q-value or gradient was seen (this step or any before it: the guard's flags), the
+        step is skipped on the device: fused Adam leaves weights, moments and step count as they were when its
+        ``found_inf`` is set, as for AMP's loss scaler. No host sync: the flag stays on the device; the run
+        stops at the next log step or save (:meth:`check_finite`). Gradients are all-reduced before this, so
+        every rank skips alike. The Polyak copies then move toward unchanged, finite weights."""
+        if self._first_bad is not None:
+            torch_opt = getattr(opt, "optimizer", opt)  # Lightning wraps the torch optimizer
+            torch_opt.found_inf = (self._first_bad >= 0).any().to(torch.float32)
         opt.step()
         if self.ema_actor is not None:
             enc, actor = self.trained_acting_nets()
