@@ -248,3 +248,15 @@ def test_corrupt_dataset_through_the_script(lift_dataset, tmp_path):
                         str(tmp_path / "cut.hdf5"), "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
                         *SMALL], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "truncated" in one_error_line(r.stderr), r.stderr[-2000:]
+
+
+def test_yaml_config_is_read_with_a_safe_loader(lift_dataset, tmp_path):
+    from visual_dr3.app.train import main as train_main
+
+    marker = tmp_path / "marker"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f'seed: !!python/object/apply:os.system ["touch {marker}"]\n')
+    code, err = run_main(train_main, ["--task", "lift", "--dataset", str(lift_dataset), "--config", str(cfg),
+                                      "--output-dir", str(tmp_path / "run")])
+    assert code == 2 and "python/object/apply:os.system" in one_error_line(err)
+    assert not marker.exists() and not (tmp_path / "run").exists()

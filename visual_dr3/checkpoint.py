@@ -6,6 +6,11 @@ A checkpoint is a Lightning checkpoint (``state_dict``, ``hyper_parameters``, lo
 our metadata under ``visual_dr3`` (:data:`REQUIRED_META`: the run's config, what the policy reads, the
 dataset's robomimic env_args) and, for exact resume, every rank's RNG states (``visual_dr3_resume``, see
 :mod:`visual_dr3.learner.resume`). Top-level imports are light (no torch, no robosuite).
+
+Every checkpoint is read by :func:`load_weights_only`: the zip records' CRCs are checked, then it is unpickled
+with ``weights_only=True`` and an explicit allow-list (:func:`allowed_globals`), so a file that holds anything
+but plain data is refused in one line before any of it runs (the refusal names the converter for trusted files,
+:mod:`visual_dr3.app.convert_checkpoint`).
 """
 
 from __future__ import annotations

@@ -182,6 +182,11 @@ class WatchRanks(_callback_base()):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         handle_fit_error(exception, trainer, self.out, self.watch, self.parent_pid, trainer.global_rank)
+        if self.watch is not None:  # rank 0's own error (a full disk, ...): its line is the one; end the others
+            self.watch.stop()      # now, before they find rank 0 gone and report that instead
+            for p in RankWatch.children(trainer):
+                if p.poll() is None:
+                    p.kill()
 
 
 def _step(trainer) -> Optional[int]:
