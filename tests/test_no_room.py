@@ -102,7 +102,10 @@ def test_full_disk_while_saving_a_checkpoint_stops_training_and_keeps_the_last_o
     before = last.read_bytes()
     st = os.statvfs(fs)
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
-    remount(fs, f"size={used + len(before) // 2}")  # room for the small files, not for a second checkpoint
+    # room for the small files, not for a second checkpoint beside the first: an atomic save (temp file, then
+    # rename) cannot fit and must fail whole; a save over last.ckpt in place (without AtomicCheckpointIO) would
+    # fit, exit 0, and leave a torn file on any later failure: this test then fails on the exit status
+    remount(fs, f"size={used + len(before) // 2}")
     r = subprocess.run(base + ["--max-steps", "8", "--resume", "auto"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]

@@ -217,12 +217,28 @@ def _cases(data: bytes):
         yield f"byte {off} flipped", bytes(flipped)
 
 
-def _sweep(main, argv_for, original: Path, tmp_path: Path):
+def _same_content(a: Path, b: Path) -> bool:
+    """Every dataset and attribute of HDF5 files ``a`` and ``b`` reads the same (a flip in free space)."""
+    def content(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            def visit(name, obj):
+                out[name] = ({k: str(v) for k, v in obj.attrs.items()},
+                             obj[()].tobytes() if isinstance(obj, h5py.Dataset) else None)
+            visit("/", f)
+            f.visititems(visit)
+        return out
+    return content(a) == content(b)
+
+
+def _sweep(main, argv_for, original: Path, tmp_path: Path, harmless=None):
     bad = tmp_path / f"bad{original.suffix}"
     failures = []
     for what, data in _cases(original.read_bytes()):
         bad.write_bytes(data)
         code, err = run_main(main, argv_for(bad))
+        if code == 0 and harmless is not None and harmless(original, bad):
+            continue  # the byte was in space no reader uses: the file reads exactly as the original
         lines = [ln for ln in err.splitlines() if ln.strip()]
         if code != 2 or len(lines) != 1 or not lines[0].startswith(f"error: ") or str(bad) not in lines[0]:
             failures.append((what, code, err[-300:]))
@@ -238,7 +254,7 @@ def test_corrupt_checkpoint_sweep_is_one_line_exit_2(checkpoint, tmp_path):
 def test_corrupt_dataset_sweep_is_one_line_exit_2(lift_dataset, tmp_path):
     from visual_dr3.data.check import main as check
 
-    _sweep(check, lambda p: [str(p)], Path(lift_dataset), tmp_path)
+    _sweep(check, lambda p: [str(p)], Path(lift_dataset), tmp_path, harmless=_same_content)
 
 
 def test_corrupt_dataset_through_the_script(lift_dataset, tmp_path):

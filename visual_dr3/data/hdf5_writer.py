@@ -24,9 +24,10 @@ images (12 lift episodes, two cameras; 42.7 MB raw), loading every dataset into 
 
 Writing costs ~0.45 ms a frame with gzip 4, nothing next to rendering (~13 ms a frame).
 
-Every dataset carries HDF5's Fletcher-32 checksum (per chunk) and the file's metadata its own checksums
-(``libver="latest"``), so a byte altered anywhere in data or metadata is a read error (a one-line error naming
-the file), never a silently different action or image. A full disk or a read-only folder while writing is a
+Every dataset carries HDF5's Fletcher-32 checksum (per chunk), the file's metadata its own checksums
+(``libver="latest"``) and the text attributes (kept as robomimic's variable-length strings, in HDF5's global
+heap, which has none) one CRC32 (:data:`ATTRS_CRC`), so a byte altered anywhere is a read error (a one-line
+error naming the file), never a silently different action, image or env description. A full disk or a read-only folder while writing is a
 one-line :class:`~visual_dr3.fileio.WriteError` naming the dataset; the temporary file is removed.
 """
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -43,6 +45,9 @@ import numpy as np
 from visual_dr3.errors import UserError
 from visual_dr3.fileio import commit, temp_path_for, write_error
 
+#: ``data`` attribute: CRC32 of every text attribute (HDF5 keeps variable-length strings in its global heap,
+#: which carries no checksum of its own)
+ATTRS_CRC = "visual_dr3_attrs_crc32"
 #: version of our metadata (``data.attrs['visual_dr3']``)
 FORMAT_VERSION = 1
 IMAGE_COMPRESSION = "gzip"
@@ -148,9 +153,9 @@ class DatasetWriter:
         if next_obs is not None:
             self._write_obs(g.create_group("next_obs"), next_obs, T)
         g.attrs["num_samples"] = T
-        g.attrs["model_file"] = _fixed(model_file)
+        g.attrs["model_file"] = model_file
         for k, v in (attrs or {}).items():
-            g.attrs[k] = _fixed(v)
+            g.attrs[k] = v
         self.num_demos += 1
         self.total += T
         return name
@@ -183,12 +188,13 @@ class DatasetWriter:
             meta.update({k: v for k, v in self.meta.items() if k not in meta})
             meta["version"] = self.meta.get("version", FORMAT_VERSION)
             self._data.attrs["total"] = int(self.total)
-            self._data.attrs["env_args"] = _fixed(json.dumps(_to_jsonable(self.env_args)))
-            self._data.attrs["visual_dr3"] = _fixed(json.dumps(_to_jsonable(meta)))
+            self._data.attrs["env_args"] = json.dumps(_to_jsonable(self.env_args))
+            self._data.attrs["visual_dr3"] = json.dumps(_to_jsonable(meta))
             mask = self._file.create_group("mask")
             for key, names in self._masks.items():
                 mask.create_dataset(key, data=np.array([n.encode("ascii") for n in names], dtype="S"),
                                     fletcher32=True)
+            self._data.attrs[ATTRS_CRC] = np.int64(string_attrs_crc(self._file))
             self._file.flush()
             self._file.close()
             self._file = None
@@ -216,11 +222,32 @@ class DatasetWriter:
             pass
 
 
-def _fixed(value):
-    """A string as a fixed-length bytes attribute: stored in the object header, under its checksum (h5py writes
-    a ``str`` as a variable-length string in the global heap, which has none). json.loads and robosuite's XML
-    parser take bytes as they take str."""
-    return np.bytes_(value.encode("utf-8")) if isinstance(value, str) else value
+def string_attrs_crc(f: h5py.File) -> int:
+    """CRC32 of every text attribute in ``f`` (path, name, value; sorted), but :data:`ATTRS_CRC` itself."""
+    items = []
+
+    def visit(name: str, obj) -> None:
+        for k, v in obj.attrs.items():
+            if k != ATTRS_CRC and isinstance(v, (str, bytes)):
+                items.append((name, k, v.encode("utf-8") if isinstance(v, str) else bytes(v)))
+
+    visit("/", f)
+    f.visititems(visit)
+    crc = 0
+    for name, k, v in sorted(items):
+        crc = zlib.crc32(f"{name}\0{k}\0".encode() + v + b"\0", crc)
+    return crc
+
+
+def verify_string_attrs(path: str, f: h5py.File) -> None:
+    """A file of ours whose text attributes (``env_args``, metadata, ``model_file``) do not match their
+    checksum is a one-line UserError (files without one, robomimic's, pass)."""
+    data = f.get("data")
+    if data is None or ATTRS_CRC not in data.attrs:
+        return
+    if int(data.attrs[ATTRS_CRC]) != string_attrs_crc(f):
+        raise UserError(f"{path}: its text attributes fail their checksum (altered or corrupt); expected a "
+                        f"complete file")
 
 
 def read_meta(path: "str | os.PathLike") -> dict:
