@@ -58,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     except FileNotFoundError:
         raise UserError(f"{args.src}: file not found") from None
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"{args.src}: does not load ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{args.src}: does not load ({type(e).__name__}: {first})") from None
     save_atomic(plain(ckpt, where=args.src), args.dst)
     read_checkpoint(args.dst, flag="converted")  # the safe reader takes it
     say(f"wrote {args.dst}: loads without running code", stdout=True)

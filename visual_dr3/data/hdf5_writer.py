@@ -27,8 +27,9 @@ Writing costs ~0.45 ms a frame with gzip 4, nothing next to rendering (~13 ms a 
 Every dataset carries HDF5's Fletcher-32 checksum (per chunk), the file's metadata its own checksums
 (``libver="latest"``) and the text attributes (kept as robomimic's variable-length strings, in HDF5's global
 heap, which has none) one CRC32 (:data:`ATTRS_CRC`), so a byte altered anywhere is a read error (a one-line
-error naming the file), never a silently different action, image or env description. A full disk or a read-only folder while writing is a
-one-line :class:`~visual_dr3.fileio.WriteError` naming the dataset; the temporary file is removed.
+error naming the file), never a silently different action, image or env description. A full disk or a
+read-only folder while writing is a one-line :class:`~visual_dr3.fileio.WriteError` naming the dataset; the
+temporary file is removed.
 """
 
 from __future__ import annotations
