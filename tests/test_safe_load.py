@@ -151,6 +151,25 @@ def test_numpy_values_load_and_the_converter_makes_a_trusted_file_safe(checkpoin
                        else next(iter(ck["state_dict"].values())))
 
 
+def test_a_checkpoint_of_the_previous_version_resumes(checkpoint, lift_dataset, tmp_path):
+    """Before issue 37 the optimizer was foreach Adam: its groups come back with ``fused=None``; the resumed run
+    switches to fused Adam (which the divergence guard needs) and goes on."""
+    from visual_dr3.app.train import main as train_main
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for group in ck["optimizer_states"][0]["param_groups"]:
+        group["fused"], group["foreach"] = None, None
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
+    out = tmp_path / "run"
+    code, err = run_main(train_main, ["--task", "lift", "--dataset", str(lift_dataset), "--max-steps", "3",
+                                      "--output-dir", str(out), "--resume", str(old), *SMALL])
+    assert code == 0, err[-3000:]
+    new = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert new["global_step"] == 3
+    assert all(g["fused"] for g in new["optimizer_states"][0]["param_groups"])
+
+
 class _Dict(dict):
     pass
 

@@ -25,6 +25,19 @@ from visual_dr3.learner.networks import QHeads, TanhGaussianActor, polyak_update
 from visual_dr3.learner.update import Nets, compute_update, ema_decay
 
 
+def _ensure_fused(opt: torch.optim.Optimizer) -> None:
+    """Fused Adam in every group: a checkpoint of an older version restores its groups' ``fused=None`` (the
+    foreach path, which refuses ``found_inf``); its step counters then move to the parameters' device."""
+    for group in opt.param_groups:
+        if group.get("fused"):
+            continue
+        group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st and torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
 class TrainingDiverged(Exception):
     """Non-finite loss, Q-values or gradients; raised at the next log step or save (no checkpoint written). From
     the non-finite step on, no optimizer step is applied (see ``DR3CQL.optimizer_step``)."""
@@ -194,6 +207,7 @@ class DR3CQL(L.LightningModule):
         every rank skips alike. The Polyak copies then move toward unchanged, finite weights."""
         if self._first_bad is not None:
             torch_opt = getattr(opt, "optimizer", opt)  # Lightning wraps the torch optimizer
+            _ensure_fused(torch_opt)
             torch_opt.found_inf = (self._first_bad >= 0).any().to(torch.float32)
         opt.step()
         if self.ema_actor is not None:
