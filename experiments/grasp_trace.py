@@ -31,6 +31,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: python experiments/grasp_trace.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from visual_dr3.errors import cli_entry  # noqa: E402
+
 OFF_TARGET_XY = 0.015  # m: "closed off target" beyond this hand-object xy distance
 LIFTED = 0.005  # m: the object rose at least this much
 SETTLE_STEPS = 5  # the object's rise is measured from this step on (it settles onto the table first)
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.episodes < 1:
@@ -113,14 +116,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from visual_dr3.evaluation.rollout import TorchPolicy, WorkerSpec, _pack_obs
     from visual_dr3.evaluation.stats import env_seed_for, episode_seed
 
-    try:
-        module, meta, _ = load_policy(args.checkpoint, "cpu")
-        env_args, _ = resolve_env_args(meta)
-        if args.weights == "ema" and module.ema_actor is None:
-            raise UserError(f"--weights ema: {args.checkpoint} holds no moving average")
-        module.act_with_ema = args.weights != "trained" and module.ema_actor is not None
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    # a UserError (a missing, corrupt, unsafe or foreign checkpoint) is one line and exit 2 (cli_entry)
+    module, meta, _ = load_policy(args.checkpoint, "cpu")
+    env_args, _ = resolve_env_args(meta)
+    if args.weights == "ema" and module.ema_actor is None:
+        raise UserError(f"--weights ema: {args.checkpoint} holds no moving average")
+    module.act_with_ema = args.weights != "trained" and module.ema_actor is not None
     spec = WorkerSpec(env_args=env_args, image_keys=tuple(meta["image_keys"]), proprio_keys=tuple(meta["proprio_keys"]))
     policy = TorchPolicy(module, spec.image_keys, deterministic=True)
     run_seed = int((meta.get("config") or {}).get("seed", 0))

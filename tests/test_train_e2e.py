@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,10 +134,12 @@ def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(lift_data
     assert len(lines) == 1 and "diverged" in lines[0] and "non-finite" in lines[0] and "at step" in lines[0], \
         r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    bad_step = int(re.search(r"at step (\d+) \(checked at step", lines[0]).group(1))
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     for k, v in ckpt["state_dict"].items():
         assert torch.isfinite(v).all(), k
-    assert 0 < ckpt["global_step"] < 40
+    # saved every step: the last checkpoint is the state just before the failing step (its updates 0..S-1)
+    assert ckpt["global_step"] == bad_step < 40
 
 
 def test_unwritable_output_dir_and_too_many_gpus_are_one_line(lift_dataset, tmp_path):

@@ -6,6 +6,11 @@ A checkpoint is a Lightning checkpoint (``state_dict``, ``hyper_parameters``, lo
 our metadata under ``visual_dr3`` (:data:`REQUIRED_META`: the run's config, what the policy reads, the
 dataset's robomimic env_args) and, for exact resume, every rank's RNG states (``visual_dr3_resume``, see
 :mod:`visual_dr3.learner.resume`). Top-level imports are light (no torch, no robosuite).
+
+Every checkpoint is read by :func:`load_weights_only`: the zip records' CRCs are checked, then it is unpickled
+with ``weights_only=True`` and an explicit allow-list (:func:`allowed_globals`), so a file that holds anything
+but plain data is refused in one line before any of it runs (the refusal names the converter for trusted files,
+:mod:`visual_dr3.app.convert_checkpoint`).
 """
 
 from __future__ import annotations
@@ -25,25 +30,96 @@ RESUME_KEYS = ("algorithm", "model", "cql.lagrange", "algo.auto_alpha", "data.fi
                "algo.target_encoder")
 
 
-def read_checkpoint(path: "str | os.PathLike", flag: str = "--checkpoint", mmap: bool = False) -> dict:
-    """``torch.load`` a checkpoint on the CPU; one-line :class:`UserError` naming ``flag`` if missing, unreadable
-    or not ours. ``mmap``: map the tensors instead of reading them (to look at metadata only)."""
+#: the command that converts a checkpoint holding more than plain data, once its author is trusted
+CONVERT_COMMAND = "python -m visual_dr3.app.convert_checkpoint --trust-this-file {src} {dst}"
+
+
+def allowed_globals() -> list:
+    """What a checkpoint may hold beyond torch's own weights-only set (tensors, dicts, lists, tuples, numbers,
+    strings, ``OrderedDict``, torch dtypes and sizes): numpy arrays, dtypes and scalars, which older runs and
+    other tools store (e.g. an RNG state or a metric as ``np.float64``). Nothing here runs code when unpickled."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    dtypes = {type(np.dtype(c)) for c in "?bhilqpBHILQPefdgFDGUSV"}
+    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *sorted(dtypes, key=str)]
+
+
+def load_weights_only(path: "str | os.PathLike", flag: str = "--checkpoint", mmap: bool = False):
+    """``torch.load`` ``path`` on the CPU with ``weights_only=True`` and :func:`allowed_globals`: unpickling builds
+    only plain data and never calls anything else, so a crafted file runs nothing. The zip records' CRC32s are
+    checked first (torch does not), so a truncated or altered file is refused, not half-used. Every failure is a
+    one-line :class:`UserError` naming ``flag`` and the file."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{flag} {p}: file not found")
     if not p.is_file():
         raise UserError(f"{flag} {p}: not a file")
+    _check_archive(p, flag)
     import pickle
-    import zipfile
 
     import torch
 
     try:
-        ckpt = torch.load(str(p), map_location="cpu", weights_only=False, mmap=mmap)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError,
-            AttributeError, ModuleNotFoundError, TypeError, IndexError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"{flag} {p}: not a PyTorch checkpoint ({type(e).__name__}: {first})") from None
+        with torch.serialization.safe_globals(allowed_globals()):
+            return torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        what = _unsafe_global(str(e))
+        if what is None:
+            raise UserError(f"{flag} {p}: not a PyTorch checkpoint ({_first_line(e)})") from None
+        dst = p.with_name(p.stem + ".converted" + p.suffix)
+        raise UserError(f"{flag} {p}: refused, it holds {what}, which is not plain data (tensors, numbers, "
+                        f"strings, numpy arrays) and could run code when loaded; nothing of it was run. If you "
+                        f"trust its author: {CONVERT_COMMAND.format(src=p, dst=dst)}") from None
+    except Exception as e:  # noqa: BLE001  (any failure to read a file is this file's fault: one line)
+        raise UserError(f"{flag} {p}: not a PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _check_archive(p: Path, flag: str) -> None:
+    """A torch checkpoint is a zip archive: its central directory must read and every record match its CRC32."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except zipfile.BadZipFile as e:
+        raise UserError(f"{flag} {p}: not a PyTorch checkpoint, or truncated or corrupt ({_first_line(e)}); "
+                        f"expected a complete file written by train.py") from None
+    except Exception as e:  # noqa: BLE001  (a corrupt directory can fail in many ways)
+        raise UserError(f"{flag} {p}: truncated or corrupt ({type(e).__name__}: {_first_line(e)}); expected a "
+                        f"complete file written by train.py") from None
+    if bad is not None:
+        raise UserError(f"{flag} {p}: corrupt (record {bad} fails its CRC check); expected a complete file "
+                        f"written by train.py")
+    with open(p, "rb") as f:  # torch ends the file with the end record, without a comment (zipfile tolerates one)
+        f.seek(-22, os.SEEK_END)
+        tail = f.read(22)
+    if tail[:4] != b"PK\x05\x06" or tail[20:22] != b"\0\0":
+        raise UserError(f"{flag} {p}: truncated or corrupt (its zip end record is damaged); expected a complete "
+                        f"file written by train.py")
+
+
+def _unsafe_global(message: str) -> Optional[str]:
+    """The global a weights-only load refused, from torch's message (None: not such a refusal)."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"(?:global|function) [`'\"]?([\w.<>]+)", message)
+    return f"'{m.group(1)}'" if m else None
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())[:160]
+
+
+def read_checkpoint(path: "str | os.PathLike", flag: str = "--checkpoint", mmap: bool = False) -> dict:
+    """Load a checkpoint safely (:func:`load_weights_only`) and check it is ours; one-line :class:`UserError`
+    naming ``flag`` if missing, unreadable, unsafe or not ours. ``mmap``: map the tensors instead of reading them
+    (to look at metadata only)."""
+    p = Path(path)
+    ckpt = load_weights_only(p, flag, mmap=mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{flag} {p}: not a Lightning checkpoint (no state_dict); expected a checkpoint "
                         f"written by train.py")

@@ -14,6 +14,8 @@ T = TypeVar("T")
 EXIT_USAGE = 2
 #: exit code of training stopped on non-finite values (train.py)
 EXIT_DIVERGED = 3
+#: exit code of a multi-process run ended because one of its ranks died (train.py; see visual_dr3.app.ranks)
+EXIT_RANK_DIED = 4
 #: exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it
 EXIT_INTERRUPTED = 130
 

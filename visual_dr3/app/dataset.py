@@ -59,11 +59,13 @@ def peek_dataset(path: Path, image_keys: Sequence[str], proprio_keys: Sequence[s
                                 f"uint8 images (T, H, H, 3), e.g. robomimic's 84x84")
             image_size = int(shape[1])
             proprio_dim = int(sum(int(obs[k].shape[1]) if obs[k].ndim > 1 else 1 for k in proprio_keys))
-            env_args = parse_json_attr(str(path), data, "env_args")  # {} when absent; bad JSON: one line
+            env_args = parse_json_attr(str(path), data, "env_args")  # JSON only ({} when absent; bad JSON: one line)
             meta = parse_json_attr(str(path), data, "visual_dr3")
             action_dim = int(data[demos[0]]["actions"].shape[1])
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read as HDF5 ({str(e).splitlines()[0]})") from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: cannot be read as HDF5, truncated or corrupt ({first}); expected a complete "
+                        f"robomimic-layout file") from None
     return dict(image_size=image_size, proprio_dim=proprio_dim, env_args=env_args, meta=meta,
                 action_dim=action_dim)
 

@@ -62,6 +62,7 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+    from visual_dr3.app.ranks import WatchRanks
     from visual_dr3.learner.callbacks import FinalCheckpoint, GracefulStop, LogLastStep, StepProgress
     from visual_dr3.learner.resume import AtomicCheckpointIO, ResumeState
 
@@ -89,6 +90,7 @@ def build_trainer(cfg: TrainConfig, out: Path, extra_callbacks: Sequence = (), r
         ResumeState(),
         GracefulStop(),
         LogLastStep(),
+        *([WatchRanks(out)] if cfg.devices * cfg.num_nodes > 1 else []),
         *extra_callbacks,
     ]
     strategy = "auto" if cfg.devices * cfg.num_nodes == 1 else "ddp"
@@ -123,6 +125,7 @@ def run(cfg: TrainConfig, extra_callbacks: Sequence = (), datamodule_factory=Non
 
     # Lightning's info lines (device listing, tips) give way to our own progress bar and summary.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # "Initializing distributed: ..." per rank
     from visual_dr3.learner.datamodule import ReplayDataModule
     from visual_dr3.learner.module import DR3CQL, TrainingDiverged
 

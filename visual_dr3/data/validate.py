@@ -71,7 +71,7 @@ def open_h5(path: str) -> Iterator[h5py.File]:
                         f"expected a complete HDF5 file") from None
     try:
         yield f
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py: KeyError for an object that fails to open
         raise UserError(f"{path}: read failed, the file is truncated or corrupt ({first_line(e)}); "
                         f"expected a complete HDF5 file") from None
     finally:
@@ -207,6 +207,9 @@ def scan_file(path: str, filter_keys: Sequence[Optional[str]], image_keys: Seque
         all_demos = sorted((k for k in data.keys() if isinstance(data[k], h5py.Group)), key=natural_key)
         if not all_demos:
             raise UserError(f"{path}: 'data' holds no demos; expected data/demo_<i> groups")
+        from visual_dr3.data.hdf5_writer import verify_string_attrs
+
+        verify_string_attrs(path, f)
         plan.env_args = parse_json_attr(path, data, "env_args")
         plan.meta = parse_json_attr(path, data, "visual_dr3")
 

@@ -5,6 +5,10 @@ run resumed with ``--resume`` would lose every row logged before the interruptio
 keeps them: on a resume from a checkpoint at global step ``G`` it keeps the rows of steps below ``G`` (rows
 of later steps, logged after that checkpoint was written, are dropped: the resumed run logs those steps
 again) and appends the new rows after them, under the union of the old and new columns.
+
+Every write is whole or nothing: a new column rewrites the file atomically, an append that fails (full disk,
+read-only folder) is cut back to the rows before it and stops the run with one line naming the file
+(:class:`~visual_dr3.fileio.WriteError`), and ``hparams.yaml`` is written atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from visual_dr3.fileio import write_text_atomic
+from visual_dr3.fileio import atomic_path, write_error, write_text_atomic
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -41,6 +45,37 @@ class _KeepingWriter(ExperimentWriter):
         self.metrics_keys = sorted(keys)  # Lightning keeps its columns sorted
         # atomically: a crash here leaves the old file or the kept rows, never neither
         write_text_atomic(path, _rows_to_csv(self.metrics_keys, kept))
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        write_text_atomic(self.metrics_file_path, _rows_to_csv(fieldnames, rows))
+
+    def save(self) -> None:
+        """Lightning's append, cut back to the previous rows if it fails; a refused write is one line."""
+        path = self.metrics_file_path
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        try:
+            super().save()
+        except OSError as e:
+            try:
+                if size is None:
+                    os.unlink(path)
+                else:
+                    os.truncate(path, size)
+            except OSError:
+                pass
+            err = write_error(path, e)
+            if err is None:
+                raise
+            raise err from None
+
+    def log_hparams(self, params: dict) -> None:
+        from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+        self.hparams.update(params)
+        with atomic_path(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)) as tmp:
+            save_hparams_to_yaml(str(tmp), self.hparams)
 
 
 def _rows_to_csv(keys: list[str], rows: list[dict]) -> str:

@@ -25,8 +25,22 @@ from visual_dr3.learner.networks import QHeads, TanhGaussianActor, polyak_update
 from visual_dr3.learner.update import Nets, compute_update, ema_decay
 
 
+def _ensure_fused(opt: torch.optim.Optimizer) -> None:
+    """Fused Adam in every group: a checkpoint of an older version restores its groups' ``fused=None`` (the
+    foreach path, which refuses ``found_inf``); its step counters then move to the parameters' device."""
+    for group in opt.param_groups:
+        if group.get("fused"):
+            continue
+        group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st and torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
 class TrainingDiverged(Exception):
-    """Non-finite loss, Q-values or gradients; raised at the next log step or save (no checkpoint written)."""
+    """Non-finite loss, Q-values or gradients; raised at the next log step or save (no checkpoint written). From
+    the non-finite step on, no optimizer step is applied (see ``DR3CQL.optimizer_step``)."""
 
 
 GUARDED = ("loss", "Q-values", "gradients")
@@ -137,7 +151,8 @@ class DR3CQL(L.LightningModule):
         if self.log_alpha_prime is not None:
             lr = a.critic_lr if self.cfg.cql.lagrange_lr is None else self.cfg.cql.lagrange_lr
             groups.append({"params": [self.log_alpha_prime], "lr": lr, "name": "alpha_prime"})
-        return torch.optim.Adam([g for g in groups if g["params"]])
+        # fused: one kernel per device, and it honours ``found_inf`` (see optimizer_step)
+        return torch.optim.Adam([g for g in groups if g["params"]], fused=True)
 
     def make_update_generator(self) -> torch.Generator:
         """Generator of the update's own noise (uniform and policy actions), seeded per rank, on the device."""
@@ -163,7 +178,7 @@ class DR3CQL(L.LightningModule):
         # Same steps at which Lightning writes logger rows ((step + 1) % log_every_n_steps == 0, and the last).
         log_now = ((step + 1) % self.cfg.log_every == 0) or (step + 1 == self.trainer.max_steps)
         if log_now:
-            self.check_finite()  # before the step: the weights of a diverged step are never applied
+            self.check_finite()  # stops the run; between log steps optimizer_step skips a non-finite step
         self.optimizer_step(opt, step)
         if log_now:
             self._log_diagnostics(out, batch, grad_metrics, step)
@@ -189,7 +204,17 @@ class DR3CQL(L.LightningModule):
     def optimizer_step(self, opt, step: Optional[int] = None) -> None:
         """The optimizer step, then the Polyak updates of the target critic (Q heads, and the encoder with
         ``algo.target_encoder``), of the acting weights' average
-        (``step``: the update's 0-based index, default ``global_step``) and of the KL's lagged policy."""
+        (``step``: the update's 0-based index, default ``global_step``) and of the KL's lagged policy.
+
+        Once a non-finite loss, Q-value or gradient was seen (this step or any before it: the guard's flags), the
+        step is skipped on the device: fused Adam leaves weights, moments and step count as they were when its
+        ``found_inf`` is set, as for AMP's loss scaler. No host sync: the flag stays on the device; the run
+        stops at the next log step or save (:meth:`check_finite`). Gradients are all-reduced before this, so
+        every rank skips alike. The Polyak copies then move toward unchanged, finite weights."""
+        if self._first_bad is not None:
+            torch_opt = getattr(opt, "optimizer", opt)  # Lightning wraps the torch optimizer
+            _ensure_fused(torch_opt)
+            torch_opt.found_inf = (self._first_bad >= 0).any().to(torch.float32)
         opt.step()
         if self.ema_actor is not None:
             enc, actor = self.trained_acting_nets()

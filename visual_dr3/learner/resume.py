@@ -9,7 +9,8 @@ run with the same world size gives each rank its own entry back; with another wo
 ranks not in the checkpoint keep their fresh seeds (and a warning says the resume is not exact).
 
 :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the same folder, fsyncs it and renames
-it over the target, so a crash or kill mid-write leaves the previous file intact.
+it over the target, so a crash or kill mid-write leaves the previous file intact; it reads one (``--resume``)
+with ``weights_only=True``, so a crafted file runs nothing.
 """
 
 from __future__ import annotations
@@ -118,9 +119,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         save_atomic(checkpoint, path)
 
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        """Local checkpoints (``train.py --resume``) load without running code
+        (:func:`visual_dr3.checkpoint.load_weights_only`); URLs as Lightning does."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        from visual_dr3.checkpoint import load_weights_only
+
+        return load_weights_only(path, flag="--resume")
+
 
 def save_atomic(obj: Any, path) -> Path:
-    """``torch.save`` to ``path`` atomically (:func:`visual_dr3.fileio.atomic_path`)."""
+    """``torch.save`` to ``path`` atomically (:func:`visual_dr3.fileio.atomic_path`). torch writes through a
+    Python file, so a full disk or a read-only folder is an ``OSError`` with its errno (a path given to torch
+    gives a bare "unexpected pos"), which ``atomic_path`` turns into one line naming ``path``."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
     return Path(path)
