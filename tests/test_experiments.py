@@ -455,7 +455,7 @@ def test_stitch_benchmark_runs_every_condition_on_the_recipe(monkeypatch):
         ("recipe", 1000, 250, 50, (1, 2, 3), 100)
     assert len(runs) == 27 and {r.dataset.path.name for r in runs} == {"lift_stitch_48px_100ep.hdf5"}
     assert runs[0].dataset.kind == "stitch"
-    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=ROOT / "configs") for r in runs if r.seed == 1}
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR) for r in runs if r.seed == 1}
     assert {c: (cfg.algorithm, cfg.algo.bc_filter, cfg.algo.backup, cfg.dr3.coef, cfg.dr3.features, cfg.kl.coef)
             for c, cfg in got.items()} == {
         "bc": ("bc", None, "sarsa", 0.01, "encoder", 0.0),
