@@ -5,7 +5,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "visual_dr3"
 # bottom to top
-LAYERS = [("errors", "fileio"), ("envs",), ("data",), ("learner",), ("checkpoint",), ("evaluation", "report"),
+LAYERS = [("errors", "fileio", "safe_load"), ("envs",), ("data",), ("learner",), ("checkpoint",), ("evaluation", "report"),
           ("app",)]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

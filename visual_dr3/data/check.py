@@ -17,7 +17,7 @@ from visual_dr3.errors import OneLineParser, UserError, cli_entry, say
 
 def check_dataset(path: "str | Path", task_name: Optional[str] = None) -> dict:
     """Load ``path`` in full for ``task_name`` (None: the task its metadata names); returns a summary dict."""
-    from visual_dr3.app.dataset import dataset_info
+    from visual_dr3.data.info import dataset_info
     from visual_dr3.data.loading import load_replay
     from visual_dr3.data.validate import open_h5, parse_json_attr
     from visual_dr3.envs.tasks import get_task

@@ -121,10 +121,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
         """Local checkpoints (``train.py --resume``) load without running code
-        (:func:`visual_dr3.checkpoint.load_weights_only`); URLs as Lightning does."""
+        (:func:`visual_dr3.safe_load.load_weights_only`); URLs as Lightning does."""
         if "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        from visual_dr3.checkpoint import load_weights_only
+        from visual_dr3.safe_load import load_weights_only
 
         return load_weights_only(path, flag="--resume")
 
