@@ -1,8 +1,8 @@
 """Typed training configuration: dataclasses with a one-line doc per field, validated, saved as YAML.
 
 The tree is parsed by jsonargparse from (lowest to highest precedence) the dataclass defaults, the task's
-file ``visual_dr3/configs/<task>.yaml`` (the preset), a ``--config FILE`` and command-line flags (``--max-steps 50``,
-``--dr3.coef 0.01``, ``--cql.min_q_weight 5``). Unknown keys and ill-typed values are rejected with one line.
+file ``visual_dr3/configs/<task>.yaml`` (the preset), a ``--config FILE`` and command-line flags
+(``--max-steps 50``, ``--dr3.coef 0.01``, ``--cql.min_q_weight 5``). Unknown keys and ill-typed values are rejected with one line.
 """
 
 from __future__ import annotations
