@@ -18,6 +18,7 @@ from visual_dr3.data.stats import dataset_stats
 from visual_dr3.envs.tasks import get_task
 from visual_dr3.learner.config import TrainConfig, to_dict
 from visual_dr3.learner.module import DR3CQL
+from cli_helpers import set_fields
 
 TASK = get_task("lift")
 
@@ -27,13 +28,7 @@ def small_config(**over) -> TrainConfig:
     cfg.model.feature_dim, cfg.model.hidden_dims = 64, [128, 128]
     cfg.model.channels, cfg.model.num_layers = 16, 3
     cfg.data.augment_pad = 0
-    for k, v in over.items():
-        obj = cfg
-        *path, last = k.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, v)
-    return cfg
+    return set_fields(cfg, **over)
 
 
 def build(cfg: TrainConfig, path):

@@ -10,7 +10,6 @@ skip, saying so.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model.feature_dim", "16", "--model.hidden_dims", "[16,16]", "--cql.num_actions", "2",
@@ -63,17 +63,6 @@ def fill(folder: Path) -> None:
                     os.write(fd, b"\0" * size)
     finally:
         os.close(fd)
-
-
-def run_main(main, argv):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
 
 
 def one_line(err: str) -> str:

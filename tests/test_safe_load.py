@@ -4,8 +4,6 @@ checkpoint) are one line and exit 2, never a traceback or a hang."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model.feature_dim", "16", "--model.hidden_dims", "[16,16]", "--cql.num_actions", "2",
@@ -92,18 +91,6 @@ def test_crafted_checkpoint_runs_nothing_in_train_resume(evil, lift_dataset, tmp
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "--resume", "auto"],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert_refused(r, out / "checkpoints" / "last.ckpt", marker)
-
-
-def run_main(main, argv):
-    """``main(argv)`` in-process as the CLI runs it: (exit code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
 
 
 def test_crafted_checkpoint_runs_nothing_in_the_other_tools(evil):

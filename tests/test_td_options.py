@@ -18,6 +18,7 @@ from visual_dr3.errors import UserError
 from visual_dr3.learner.config import TrainConfig, to_dict
 from visual_dr3.learner.datamodule import ReplayDataModule
 from visual_dr3.learner.module import DR3CQL
+from cli_helpers import set_fields
 
 CAMS, PROP = list(CAMERAS), list(PROPRIO)
 S, ACT, BS = 16, 4, 5  # image size, action dims, batch
@@ -27,13 +28,7 @@ def small_cfg(**over) -> TrainConfig:
     cfg = TrainConfig()
     cfg.model.feature_dim, cfg.model.hidden_dims, cfg.model.channels, cfg.model.num_layers = 16, [16, 16], 8, 2
     cfg.cql.num_actions = 2
-    for k, v in over.items():
-        obj = cfg
-        *path, last = k.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, v)
-    return cfg
+    return set_fields(cfg, **over)
 
 
 def module_of(cfg) -> DR3CQL:

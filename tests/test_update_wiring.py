@@ -16,6 +16,7 @@ import torch
 from test_update import KEYS, A, B, D, H, P, make_batch, make_nets
 from visual_dr3.learner.config import TrainConfig
 from visual_dr3.learner.update import compute_update
+from cli_helpers import set_fields
 
 N = 3  # CQL's sampled actions per kind (small)
 
@@ -23,13 +24,7 @@ N = 3  # CQL's sampled actions per kind (small)
 def config(**over) -> TrainConfig:
     cfg = TrainConfig()
     cfg.cql.num_actions = N
-    for k, v in over.items():
-        obj = cfg
-        *path, last = k.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        setattr(obj, last, v)
-    return cfg
+    return set_fields(cfg, **over)
 
 
 def batch_with(discount=True, mc=False, seed=0):
