@@ -123,7 +123,7 @@ def run_suite(args) -> dict:
             setattr(s, name, int(getattr(args, name)))
     s.grid_configs = getattr(args, "grid_configs", None)
     if not device.startswith("cuda"):
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))  # (set: it rules)
     machine = common.machine_info(device)
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
          f"GPU {machine['gpu'] or '-'}, torch {machine['torch']}; {'quick' if s.quick else 'full'} settings")

@@ -100,7 +100,7 @@ def _run(name: str, cmds: Sequence[Sequence[str]], out: Path, limit: float) -> t
 
 
 def cuda_tests_command() -> list[str]:
-    return [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"]
+    return [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-n", "0", "-p", "no:cacheprovider", "tests"]
 
 
 def parse_cuda_tests(log: str) -> dict:

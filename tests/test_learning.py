@@ -9,6 +9,8 @@ Each fails if a loss, the gradient routing, the n-step targets or the data path 
 dones out of step) is broken.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -59,7 +61,7 @@ def all_transitions(replay):
 @pytest.fixture(scope="module")
 def torch_threads():
     old = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # (conftest: this worker's share)
     yield
     torch.set_num_threads(old)
 
