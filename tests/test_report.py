@@ -26,23 +26,25 @@ def _config(seed, coef=0.01, backup="td", out="x"):
 
 
 def make_run(root: Path, name: str, seed: int, coef: float, backup: str, train_rows, eval_rows=(),
-             evals=(), image_size=32, pen_dots=None) -> Path:
+             evals=(), image_size=32, pen_dots=None, q_minus_mc=None) -> Path:
     """A fake run folder. ``train_rows``: (step, dr3_dot, srank, q_mean, critic_loss); ``eval_rows``:
     (step, success_rate) logged to metrics.csv as Lightning's CSV logger does (own row, other cells blank);
     ``evals``: (step, successes, episodes) written as eval/step_XXXXXXX.json; ``pen_dots``: pen_dr3_dot per
-    train row (None: the column is not logged)."""
+    train row (None: the column is not logged); ``q_minus_mc``: likewise, Q on data minus the Monte-Carlo return."""
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump(_config(seed, coef, backup, str(d)), sort_keys=False))
     (d / "hparams.yaml").write_text(yaml.safe_dump({"image_size": image_size}))
     cols = ["actor_loss", "critic_loss", "dr3_dot", "eval/success_rate", "q_mean", "srank", "step"]
     cols += ["pen_dr3_dot"] if pen_dots is not None else []
+    cols += ["q_minus_mc"] if q_minus_mc is not None else []
     with open(d / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for i, (step, dot, srank, q, loss) in enumerate(train_rows):
             w.writerow({"actor_loss": -1.0, "critic_loss": loss, "dr3_dot": dot, "q_mean": q, "srank": srank,
-                        "step": step, **({"pen_dr3_dot": pen_dots[i]} if pen_dots is not None else {})})
+                        "step": step, **({"pen_dr3_dot": pen_dots[i]} if pen_dots is not None else {}),
+                        **({"q_minus_mc": q_minus_mc[i]} if q_minus_mc is not None else {})})
         for step, sr in eval_rows:
             w.writerow({"eval/success_rate": sr, "step": step})
     for step, succ, n in evals:
@@ -59,10 +61,12 @@ def study(tmp_path):
     root = tmp_path / "runs"
     a0 = make_run(root, "td_c01_s0", 0, 0.01, "td",
                   [(10, 2.0, 14, 0.5, 3.0), (20, 4.0, 10, 1.0, 2.0)],
-                  eval_rows=[(10, 0.2), (20, 0.6)], evals=[(10, 2, 10), (20, 6, 10)], pen_dots=[1.0, 3.0])
+                  eval_rows=[(10, 0.2), (20, 0.6)], evals=[(10, 2, 10), (20, 6, 10)], pen_dots=[1.0, 3.0],
+                  q_minus_mc=[-0.5, 0.25])
     a1 = make_run(root, "td_c01_s1", 1, 0.01, "td",
                   [(10, 3.0, 16, 1.0, 5.0), (20, 6.0, 12, 2.0, 4.0)],
-                  eval_rows=[(10, 0.5), (20, 0.3)], evals=[(10, 5, 10), (20, 3, 10)], pen_dots=[2.0, 2.0])
+                  eval_rows=[(10, 0.5), (20, 0.3)], evals=[(10, 5, 10), (20, 3, 10)], pen_dots=[2.0, 2.0],
+                  q_minus_mc=[-0.2, -0.05])
     b0 = make_run(root, "td_c0_s0", 0, 0.0, "td",
                   [(10, 8.0, 9, 3.0, 1.0), (20, 20.0, 5, 9.0, 1.5)],
                   eval_rows=[(10, 0.1), (20, 0.25)])  # evaluation in metrics.csv only: no episode counts
@@ -105,6 +109,9 @@ def test_aggregated_numbers(study):
     assert a.finals["dr3_dot"] == (pytest.approx(5.0), pytest.approx(1.0), 2)
     assert a.finals["srank"] == (pytest.approx(11.0), pytest.approx(1.0), 2)
     assert a.finals["q_mean"] == (pytest.approx(1.5), pytest.approx(0.5), 2)
+    # Q on data minus the Monte-Carlo return, final 0.25 and -0.05 -> 0.1 ± 0.15; never logged by b's run
+    assert a.finals["q_minus_mc"] == (pytest.approx(0.1), pytest.approx(0.15), 2)
+    assert b.finals["q_minus_mc"][2] == 0 and math.isnan(b.finals["q_minus_mc"][0])
     # dr3_dot last/first: 4/2 and 6/3 -> 2 ± 0
     assert a.growths["dr3_dot"] == (pytest.approx(2.0), pytest.approx(0.0), 2)
     # pen_dr3_dot last/first: 3/1 and 2/2 -> 2 ± 1; not logged by the other conditions' runs
@@ -128,7 +135,7 @@ def test_report_files_and_page(study, tmp_path):
     out = tmp_path / "reports" / "study"
     res = build_report([str(d) for d in study], str(out), title="Fake study", verbose=False)
     pngs = {p.name for p in out.glob("*.png")}
-    assert pngs == {"dr3_dot.png", "pen_dr3_dot.png", "srank.png", "q_mean.png", "critic_loss.png",
+    assert pngs == {"dr3_dot.png", "pen_dr3_dot.png", "srank.png", "q_mean.png", "q_minus_mc.png", "critic_loss.png",
                     "success_rate.png"}
     import matplotlib.image as mpimg
 
@@ -191,7 +198,7 @@ def test_cli_subprocess_and_bad_input(study, tmp_path):
     assert p.returncode == 0, p.stderr
     lines = p.stderr.strip().splitlines()
     assert [ln.startswith("read ") for ln in lines] == [True, True, False]
-    assert lines[-1] == f"report: {out / 'index.md'} (2 runs, 1 conditions, 6 plots)"
+    assert lines[-1] == f"report: {out / 'index.md'} (2 runs, 1 conditions, 7 plots)"
     md = (out / "index.md").read_text()
     assert "| all runs | 2 (0,1) |" in md
     assert f"--out {out} --title T" in md  # the command line that regenerates it

@@ -20,6 +20,7 @@ PLOT_METRICS = {
     "pen_dr3_dot": ("pen_dr3_dot", "penultimate-layer dot product (pen_dr3_dot)"),
     "srank": ("srank", "effective rank of phi (srank)"),
     "q_mean": ("q_mean", "mean Q(s,a) (q_mean)"),
+    "q_minus_mc": ("q_minus_mc", "Q on data actions - their discounted Monte-Carlo return (q_minus_mc)"),
     "critic_loss": ("critic_loss", "critic loss"),
     SUCCESS: ("success_rate", "evaluation success rate"),
 }

@@ -250,7 +250,7 @@ class Summary:
     growths: dict[str, tuple[float, float, int]]  # GROWTH_METRICS: each seed's last / first logged value
 
 
-TABLE_METRICS = ("dr3_dot", "srank", "q_mean")
+TABLE_METRICS = ("dr3_dot", "srank", "q_mean", "q_minus_mc")
 #: metrics whose growth over a run (last / first logged value) the table gives: encoder and penultimate dots
 GROWTH_METRICS = ("dr3_dot", "pen_dr3_dot")
 
