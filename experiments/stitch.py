@@ -12,8 +12,8 @@ recipe) sees no reward behind it, values carried back by TD backups through the 
 
 Conditions, each on the learning recipe (the lift cpu preset with the actor on its own imitation-trained encoder):
 ``bc`` (behaviour cloning), ``bc_filtered`` (BC on the successful demos only: ``--algo.bc_filter success``),
-``sarsa`` (the recipe as it is: CQL+DR3, 5-step SARSA backups), ``sarsa_kl`` (with KL), ``td`` (CQL, a' ~ pi:
-:data:`TD_FLAGS`), ``td_dr3`` / ``td_dr3_pen`` (DR3 at c0 on the encoder / the Q heads' penultimate layer) and
+``sarsa`` (the recipe as it is: CQL+DR3, 5-step SARSA backups), ``sarsa_kl`` (with KL), ``td`` (CQL with the TD
+recipe, a' = pi's mean: :data:`TD_FLAGS`), ``td_dr3`` / ``td_dr3_pen`` (DR3 at c0 on the encoder / the Q heads' penultimate layer) and
 ``td_kl``, ``td_dr3_pen_kl`` (with KL). One report page with every condition's table, differences in success and
 ``summary.json``.
 """
@@ -44,8 +44,9 @@ SCALES = {
                  eval_every=10_000, eval_episodes=50, eval_workers=4, log_every=100, checkpoint_every=5000,
                  gen_workers=16, jobs=4),
 }
-#: the TD conditions' backup: a' ~ pi at s' instead of the dataset's next action
-TD_FLAGS: tuple[str, ...] = ("--algo.backup", "td")
+#: the TD conditions' backup and critic: the TD recipe (visual_dr3/configs/td.yaml: a' = the policy's mean at s',
+#: a target encoder, CQL weight 0.1 with a gap floor, DR3 on the penultimate layer; reports/td_recipe/)
+TD_FLAGS: tuple[str, ...] = ("--config", "td")
 CONDITIONS = ("bc", "bc_filtered", "sarsa", "sarsa_kl", "td", "td_dr3", "td_dr3_pen", "td_kl", "td_dr3_pen_kl")
 
 
@@ -60,7 +61,7 @@ def conditions(dr3_coef: float, kl_coef: float = KL_COEF, names: Sequence[str] =
         "sarsa": ("--dr3-coef", c0),
         "sarsa_kl": ("--dr3-coef", c0, *kl),
         "td": (*TD_FLAGS, "--dr3-coef", "0"),
-        "td_dr3": (*TD_FLAGS, "--dr3-coef", c0),
+        "td_dr3": (*TD_FLAGS, "--dr3-coef", c0, "--dr3.features", "encoder"),
         "td_dr3_pen": (*TD_FLAGS, "--dr3-coef", c0, "--dr3.features", "penultimate"),
         "td_kl": (*TD_FLAGS, "--dr3-coef", "0", *kl),
         "td_dr3_pen_kl": (*TD_FLAGS, "--dr3-coef", c0, "--dr3.features", "penultimate", *kl),

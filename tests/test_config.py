@@ -47,6 +47,21 @@ def test_cog_config_sources():
     assert cfg.algo.bc_warmup_steps == 10000
 
 
+def test_td_recipe_config_layers_over_the_cpu_preset(monkeypatch):
+    """``--config td``: the TD recipe over the task's cpu preset; what it does not set stays the preset's."""
+    monkeypatch.setenv("VISUAL_DR3_PRESET", "cpu")
+    base = parse_train_args(["--task", "lift"], configs_dir=CONFIGS)
+    cfg = parse_train_args(["--task", "lift", "--config", "td"], configs_dir=CONFIGS)
+    assert (cfg.algo.backup, cfg.algo.target_encoder, cfg.algo.target_action, cfg.cql.min_q_weight,
+            cfg.cql.gap_floor, cfg.dr3.features, cfg.model.actor_encoder) == \
+        ("td", True, "mean", 0.1, 0.0, "penultimate", "separate_bc")
+    assert base.algo.backup == "sarsa" and base.cql.min_q_weight == 1.0
+    assert (cfg.max_steps, cfg.algo.n_step, cfg.algo.bc_warmup_steps, cfg.dr3.coef, cfg.data.image_size) == \
+        (base.max_steps, base.algo.n_step, base.algo.bc_warmup_steps, base.dr3.coef, base.data.image_size)
+    assert parse_train_args(["--task", "lift", "--config", "td", "--cql.min_q_weight", "0.3"],
+                            configs_dir=CONFIGS).cql.min_q_weight == 0.3  # a flag beats the file
+
+
 def test_config_takes_a_path_or_a_shipped_config_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the repository: the shipped files are found in the package
     want = parse_train_args(["--config", str(CONFIGS / "pick_place_cog.yaml")], configs_dir=CONFIGS)
@@ -58,7 +73,7 @@ def test_config_takes_a_path_or_a_shipped_config_name(tmp_path, monkeypatch):
     (tmp_path / "configs" / "pick_place_cog.yaml").write_text("task: lift\n")
     assert parse_train_args(["--config", "configs/pick_place_cog.yaml"], configs_dir=CONFIGS).task == "lift"
     with pytest.raises(UserError, match=r"^--config nope: file not found, and not a shipped config \(shipped: cpu/lift, "
-                                        r"cpu/pick_place, experiments/cql_vs_dr3_cog, .*pick_place_cog, stack\)$"):
+                                        r"cpu/pick_place, experiments/cql_vs_dr3_cog, .*pick_place_cog, stack, td\)$"):
         parse_train_args(["--config", "nope"], configs_dir=CONFIGS)
 
 

@@ -462,11 +462,15 @@ def test_stitch_benchmark_runs_every_condition_on_the_recipe(monkeypatch):
         "bc_filtered": ("bc", "success", "sarsa", 0.01, "encoder", 0.0),
         "sarsa": ("cql", None, "sarsa", 0.01, "encoder", 0.0),
         "sarsa_kl": ("cql", None, "sarsa", 0.01, "encoder", 1.0),
-        "td": ("cql", None, "td", 0.0, "encoder", 0.0),
+        "td": ("cql", None, "td", 0.0, "penultimate", 0.0),  # (c0 0: the layer does nothing)
         "td_dr3": ("cql", None, "td", 0.01, "encoder", 0.0),
         "td_dr3_pen": ("cql", None, "td", 0.01, "penultimate", 0.0),
-        "td_kl": ("cql", None, "td", 0.0, "encoder", 1.0),
+        "td_kl": ("cql", None, "td", 0.0, "penultimate", 1.0),
         "td_dr3_pen_kl": ("cql", None, "td", 0.01, "penultimate", 1.0)}
+    for c, cfg in got.items():  # the td conditions run the TD recipe (visual_dr3/configs/td.yaml), the others not
+        td = c.startswith("td")
+        assert (cfg.algo.target_encoder, cfg.algo.target_action, cfg.cql.min_q_weight, cfg.cql.gap_floor) == \
+            ((True, "mean", 0.1, 0.0) if td else (False, "sample", 1.0, None)), c
     for cfg in got.values():  # the recipe: its warm-up and steps, the imitation-trained actor encoder
         assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.max_steps, cfg.task) == \
             ("separate_bc", 500, 1000, "lift")
