@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from cli_helpers import run_main
 
+pytestmark = pytest.mark.slow  # real filesystems that fill or turn read-only, runs through the CLIs
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model.feature_dim", "16", "--model.hidden_dims", "[16,16]", "--cql.num_actions", "2",
          "--wandb", "off", "--progress", "false", "--batch-size", "8", "--log-every", "2"]

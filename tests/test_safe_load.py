@@ -70,6 +70,7 @@ def assert_refused(r, path, marker):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_runs_nothing_in_eval(evil, tmp_path):
     path, marker = evil
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--checkpoint", str(path), "--episodes", "1"],
@@ -77,6 +78,7 @@ def test_crafted_checkpoint_runs_nothing_in_eval(evil, tmp_path):
     assert_refused(r, path, marker)
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_runs_nothing_in_train_resume(evil, lift_dataset, tmp_path):
     from visual_dr3.app.train import main as train_main
 
@@ -264,6 +266,7 @@ def test_corrupt_dataset_sweep_is_one_line_exit_2(lift_dataset, tmp_path):
     _sweep(check, lambda p: [str(p)], Path(lift_dataset), tmp_path, harmless=_same_content)
 
 
+@pytest.mark.slow
 def test_corrupt_dataset_through_the_script(lift_dataset, tmp_path):
     """The process boundary (eval.py's is crossed by the crafted-checkpoint test): a truncated dataset to train.py."""
     (tmp_path / "cut.hdf5").write_bytes(Path(lift_dataset).read_bytes()[: os.path.getsize(lift_dataset) // 2])
