@@ -51,14 +51,3 @@ def lift_expert_dataset(tmp_path_factory):
     """A real 4-episode lift dataset, 32x32 images, expert (low-noise) scripted demos, made once."""
     return _tiny_lift(tmp_path_factory, "lift_expert_tiny.hdf5", 4, "expert")
 
-
-def pytest_collection_modifyitems(config, items):
-    """End-to-end files first (most ``slow`` tests first), then the rest in their usual order: pytest-xdist hands
-    out whole files in this order, so the long ones start early and the short ones fill the end, instead of a long
-    file at the end running on one worker while the other waits."""
-    slow: dict[str, int] = {}
-    for it in items:
-        f = it.nodeid.split("::")[0]
-        slow[f] = slow.get(f, 0) + (it.get_closest_marker("slow") is not None)
-    order = {f: i for i, f in enumerate(dict.fromkeys(it.nodeid.split("::")[0] for it in items))}
-    items.sort(key=lambda it: (-slow[it.nodeid.split("::")[0]], order[it.nodeid.split("::")[0]]))

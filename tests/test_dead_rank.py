@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,3 +69,28 @@ def test_a_killed_rank_ends_the_run_at_once_with_one_line(lift_dataset, tmp_path
     resume = lines[0].split("; continue with: ", 1)[1]
     assert shlex.split(resume) == ["python", *args[1:], "--resume", "auto"]
     assert not list(out.rglob(".*.tmp.*"))
+
+
+def test_when_two_threads_see_the_death_the_second_waits_for_the_line(monkeypatch, tmp_path, capsys):
+    """Rank 0's watcher thread and its main thread (the gloo error) can both report: the one that loses the race
+    must not leave the process (os._exit) before the winner's line is printed (it once exited 4 with no line)."""
+    from visual_dr3.app import ranks
+
+    monkeypatch.setattr(ranks, "_reported", threading.Lock())
+    monkeypatch.setattr(ranks, "_printed", threading.Event())
+    started = threading.Event()
+
+    def slow_last_checkpoint(out):  # reading the checkpoint's step takes a while on a busy machine
+        started.set()
+        time.sleep(0.5)
+        return "last checkpoint: step 4"
+
+    monkeypatch.setattr(ranks, "last_checkpoint", slow_last_checkpoint)
+    watcher = threading.Thread(target=ranks.report, args=("rank 1 (pid 7)", "was killed (SIGKILL)", 5, tmp_path))
+    watcher.start()
+    assert started.wait(10)
+    ranks.report("another rank", "stopped answering", 5, tmp_path)  # returns once the watcher's line is out
+    err = capsys.readouterr().err
+    watcher.join()
+    assert err.count("error: rank 1 (pid 7) was killed (SIGKILL) at step 5; last checkpoint: step 4") == 1, err
+    assert "another rank" not in err

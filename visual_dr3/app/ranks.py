@@ -35,6 +35,7 @@ PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pi
              "connection closed", "NCCL communicator was aborted", "Socket Timeout", "recv failed")
 
 _reported = threading.Lock()
+_printed = threading.Event()  # set once the one line is out
 
 
 def peer_lost(e: BaseException) -> bool:
@@ -102,11 +103,16 @@ def _remove_own_temp_files(out: Path) -> None:
 
 
 def report(who: str, ended: str, step: Optional[int], out: Path) -> None:
-    """Print the one line (once per process)."""
+    """Print the one line (once per process). A second caller (the watcher thread and the main thread can both
+    see the death) waits until the first has printed, so that neither leaves the process before the line is out."""
     if not _reported.acquire(blocking=False):
+        _printed.wait(timeout=30.0)
         return
-    at = f" at step {step}" if step is not None else ""
-    say(f"error: {who} {ended}{at}; {last_checkpoint(out)}; continue with: {resume_command()}")
+    try:
+        at = f" at step {step}" if step is not None else ""
+        say(f"error: {who} {ended}{at}; {last_checkpoint(out)}; continue with: {resume_command()}")
+    finally:
+        _printed.set()
 
 
 class RankWatch:
