@@ -50,4 +50,3 @@ def lift_dataset(tmp_path_factory):
 def lift_expert_dataset(tmp_path_factory):
     """A real 4-episode lift dataset, 32x32 images, expert (low-noise) scripted demos, made once."""
     return _tiny_lift(tmp_path_factory, "lift_expert_tiny.hdf5", 4, "expert")
-
