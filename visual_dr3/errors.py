@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import signal
 import sys
-from typing import Callable, TypeVar
+import threading
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -67,6 +70,39 @@ def cli_entry(fn: Callable[..., T]) -> Callable[..., T]:
             raise SystemExit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+_CTRL_C = threading.Event()
+
+
+@contextlib.contextmanager
+def remembered_ctrl_c() -> Iterator[None]:
+    """While inside, Ctrl-C still raises KeyboardInterrupt at once, and is also remembered, so that
+    :func:`raise_if_ctrl_c` raises it again where a library swallowed the first one (a bare ``except`` or a
+    ``__del__`` running when the signal lands prints "Exception ignored" and carries on). Only in the main
+    thread, and only where SIGINT has Python's default handler (ignored or someone else's: left alone)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        _CTRL_C.set()
+        raise KeyboardInterrupt
+
+    _CTRL_C.clear()
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _CTRL_C.clear()
+
+
+def raise_if_ctrl_c() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came inside :func:`remembered_ctrl_c` (a safe point to stop at)."""
+    if _CTRL_C.is_set():
+        raise KeyboardInterrupt
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -46,7 +46,8 @@ from visual_dr3.data.generate_workers import (WORKER, close_worker_env, init_wor
                                              worker_pool)
 from visual_dr3.envs.scripted import PRIOR_MODES, SCRIPTED_VERSION
 from visual_dr3.envs.tasks import KINDS, TASKS, TaskSpec, get_task
-from visual_dr3.errors import OneLineParser, UserError, cli_entry, command_name
+from visual_dr3.errors import (OneLineParser, UserError, cli_entry, command_name, raise_if_ctrl_c,
+                               remembered_ctrl_c)
 
 EXPERT_SIGMA = 0.1
 COG_SIGMAS = (0.1, 0.3, 0.6)
@@ -239,7 +240,8 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
                dynamic_ncols=True, file=sys.stderr)
     pool = None
     try:
-        with DatasetWriter(out_path, env_args, meta) as writer:
+        # a Ctrl-C that a library swallows is raised again after the episode (raise_if_ctrl_c below)
+        with remembered_ctrl_c(), DatasetWriter(out_path, env_args, meta) as writer:
             if workers == 1:
                 init_worker(*init_args)
                 results = (worker_episode(i) for i in range(episodes))
@@ -288,6 +290,7 @@ def _write_episodes(writer, results, model_file: str, kind: str, episodes: int, 
     starts: list[int] = []  # task episodes: env steps run unrecorded before the grasp
     from_initial_to_success = 0
     for ep in results:
+        raise_if_ctrl_c()
         writer.add_demo(
             ep["actions"], ep["rewards"], ep["dones"], ep["states"], ep["obs"], model_file=model_file,
             attrs={"success": int(ep["success"]), "sigma": ep["sigma"], "role": ep["role"],
@@ -306,6 +309,7 @@ def _write_episodes(writer, results, model_file: str, kind: str, episodes: int, 
         env_steps += ep["env_steps"]
         bar.set_postfix(transitions=transitions, success=f"{successes}/{bar.n + 1}", refresh=False)
         bar.update(1)
+    raise_if_ctrl_c()
     train, valid = split_masks(episodes, seed)
     writer.set_mask("train", [f"demo_{i}" for i in train])
     writer.set_mask("valid", [f"demo_{i}" for i in valid])

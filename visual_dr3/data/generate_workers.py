@@ -14,35 +14,38 @@ WORKER: dict[str, Any] = {}
 
 
 def init_worker(task: str, image_size: int, cameras, horizon: int, seed: int, kind: str) -> None:
-    """Pool initializer (or the parent with ``--workers 1``): build this process's env into :data:`WORKER`."""
-    import signal
-    import threading
-
+    """Build this process's env into :data:`WORKER` (a pool worker, through :func:`init_pool_worker`, or the
+    parent itself with ``--workers 1``, which keeps its Ctrl-C)."""
     from visual_dr3.envs.make import make_env
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (see worker_pool)
 
     spec = get_task(task)
     env = make_env(spec, image_size=image_size, cameras=cameras, horizon=horizon, seed=seed)
     WORKER.update(env=env, spec=spec, kind=kind, seed=seed, horizon=horizon)
 
 
+def init_pool_worker(*init_args) -> None:
+    """Pool initializer: ignore Ctrl-C (the parent's to handle, see :func:`worker_pool`), then :func:`init_worker`."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker(*init_args)
+
+
 def worker_pool(workers: int, init_args: tuple):
     """A spawn pool whose workers never see Ctrl-C: on SIGINT only the parent stops (one line, the partial file
     removed) and terminates them, instead of every worker printing a traceback. SIGINT is blocked while the
-    workers start (they inherit the mask, and :func:`init_worker` ignores it), so a Ctrl-C in that window is
+    workers start (they inherit the mask, and :func:`init_pool_worker` ignores it), so a Ctrl-C in that window is
     delivered to the parent when it unblocks, not lost."""
     import signal
     import threading
 
     ctx = mp.get_context("spawn")
     if threading.current_thread() is not threading.main_thread():
-        return ctx.Pool(workers, initializer=init_worker, initargs=init_args)
+        return ctx.Pool(workers, initializer=init_pool_worker, initargs=init_args)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pool = None
     try:
-        pool = ctx.Pool(workers, initializer=init_worker, initargs=init_args)
+        pool = ctx.Pool(workers, initializer=init_pool_worker, initargs=init_args)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised here
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
