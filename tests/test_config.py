@@ -52,10 +52,10 @@ def test_td_recipe_config_layers_over_the_cpu_preset(monkeypatch):
     monkeypatch.setenv("VISUAL_DR3_PRESET", "cpu")
     base = parse_train_args(["--task", "lift"], configs_dir=CONFIGS)
     cfg = parse_train_args(["--task", "lift", "--config", "td"], configs_dir=CONFIGS)
-    assert (cfg.algo.backup, cfg.algo.target_encoder, cfg.algo.target_action, cfg.cql.min_q_weight,
-            cfg.cql.gap_floor, cfg.dr3.features, cfg.model.actor_encoder) == \
-        ("td", True, "mean", 0.1, 0.0, "penultimate", "separate_bc")
-    assert base.algo.backup == "sarsa" and base.cql.min_q_weight == 1.0
+    assert (cfg.algo.backup, cfg.algo.target_encoder, cfg.algo.target_action, cfg.algo.actor_objective,
+            cfg.cql.min_q_weight, cfg.cql.gap_floor, cfg.dr3.features, cfg.model.actor_encoder) == \
+        ("td", True, "mean", "awr", 0.1, 0.0, "penultimate", "separate_bc")
+    assert base.algo.backup == "sarsa" and base.cql.min_q_weight == 1.0 and base.algo.actor_objective == "sac"
     assert (cfg.max_steps, cfg.algo.n_step, cfg.algo.bc_warmup_steps, cfg.dr3.coef, cfg.data.image_size) == \
         (base.max_steps, base.algo.n_step, base.algo.bc_warmup_steps, base.dr3.coef, base.data.image_size)
     assert parse_train_args(["--task", "lift", "--config", "td", "--cql.min_q_weight", "0.3"],

@@ -251,6 +251,39 @@ def test_sac_actor_and_temperature_losses_after_the_warmup_exact():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bc_loss", ["mse", "nll"])
+def test_awr_actor_after_the_warmup_exact(bc_loss):
+    """The TD recipe's actor (``algo.actor_objective awr``): after the warm-up, the data's action imitated with the
+    weight min(exp((min_i Q_i(s, a_data) - min_i Q_i(s, pi's mean)) / beta), max_weight); the weights are constants,
+    so the actor's gradient is the weighted imitation's, and the critic's loss is the SAC run's, exactly."""
+    over = {"algo.bc_warmup_steps": 5, "algo.awr_beta": 0.5, "algo.awr_max_weight": 1.5, "algo.bc_loss": bc_loss}
+    cfg = config(**over, **{"algo.actor_objective": "awr"})
+    batch = batch_with()
+    nets = make_nets(cfg)
+    nets = dataclasses.replace(nets, q=perturbed(nets.q, 0.3, seed=1))  # heads that cross: the min picks each
+    phi, _ = features(nets, batch)
+    with torch.no_grad():
+        (q1, q2), (m1, m2) = nets.q(phi, batch.action), nets.q(phi, nets.actor.mode(phi))
+        assert 0 < (q1 < q2).sum() < B and 0 < (m1 < m2).sum() < B
+        adv = torch.min(q1, q2) - torch.min(m1, m2)
+        w = torch.exp(adv / 0.5).clamp(max=1.5)
+    score = (nets.actor.log_prob(phi.detach(), batch.action) if bc_loss == "nll"
+             else -(nets.actor.mode(phi.detach()) - batch.action).pow(2).sum(-1))
+    expected = -(w * score).mean()
+    assert w.min() < 1.5 and w.max() > w.min()  # the weights differ across the batch: the test can tell them apart
+    out = run(cfg, nets, batch, step=5)
+    torch.testing.assert_close(out.parts["actor"], expected, rtol=1e-5, atol=1e-6)
+    actor = list(nets.actor.parameters())
+    for a, b in zip(grads(out.total, actor), grads(expected, actor)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    sac = run(config(**over), nets, batch, step=5)
+    torch.testing.assert_close(out.parts["critic"], sac.parts["critic"], rtol=0, atol=0)
+    assert not torch.allclose(out.parts["actor"], sac.parts["actor"])
+    # unweighted imitation in the warm-up (the same for both objectives)
+    warm = run(cfg, nets, batch, step=4)
+    torch.testing.assert_close(warm.parts["actor"], run(config(**over), nets, batch, step=4).parts["actor"])
+
+
 def test_target_encoder_feeds_the_target_and_takes_no_gradient():
     cfg = config(**{"algo.backup": "sarsa", "algo.target_encoder": True})
     batch = batch_with()
