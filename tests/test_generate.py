@@ -251,9 +251,10 @@ def test_generator_failure_mid_write_leaves_target_intact(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["lift.hdf5"]
 
 
-def test_a_ctrl_c_that_a_library_swallows_still_stops_generation(tmp_path, monkeypatch):
-    """A KeyboardInterrupt that lands in a bare ``except`` (or a ``__del__``) is lost to Python; generation must
-    still stop at the next episode and leave no file (seen once in CI: Ctrl-C, then all 40 episodes written)."""
+def test_a_ctrl_c_inside_a_library_that_catches_everything_still_stops_generation(tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised by the signal where a library catches everything (a bare ``except``, a weakref
+    callback: "Exception ignored") is lost; generation takes Ctrl-C as a flag instead and stops at the next episode,
+    leaving no file (seen in CI: Ctrl-C, then all 40 episodes written, exit 0)."""
     import os
     import signal
 
@@ -405,3 +406,28 @@ def test_ctrl_c_during_generation_is_one_line_exit_130_and_leaves_no_file(tmp_pa
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert stderr.rstrip().splitlines()[-1] == "interrupted (Ctrl-C)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["err.txt"]  # no dataset, no temp file
+
+
+def test_ctrl_c_is_a_flag_inside_generation_and_a_second_one_raises_at_once():
+    import os
+    import signal
+
+    from visual_dr3.errors import raise_if_ctrl_c, remembered_ctrl_c
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with remembered_ctrl_c():
+            raise_if_ctrl_c()  # nothing yet
+            os.kill(os.getpid(), signal.SIGINT)  # the first: remembered, not raised here
+            for _ in range(1000):
+                pass
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_ctrl_c()
+            with pytest.raises(KeyboardInterrupt):  # the second: at once
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        raise_if_ctrl_c()  # the flag is cleared on the way out
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -77,18 +77,20 @@ _CTRL_C = threading.Event()
 
 @contextlib.contextmanager
 def remembered_ctrl_c() -> Iterator[None]:
-    """While inside, Ctrl-C still raises KeyboardInterrupt at once, and is also remembered, so that
-    :func:`raise_if_ctrl_c` raises it again where a library swallowed the first one (a bare ``except`` or a
-    ``__del__`` running when the signal lands prints "Exception ignored" and carries on). Only in the main
-    thread, and only where SIGINT has Python's default handler (ignored or someone else's: left alone)."""
+    """While inside, the first Ctrl-C only sets a flag, and :func:`raise_if_ctrl_c` raises KeyboardInterrupt at the
+    next safe point (the caller checks between units of work). A KeyboardInterrupt raised by the signal itself
+    lands wherever Python is: inside a library's bare ``except`` or a ``__del__`` or weakref callback it is lost
+    ("Exception ignored" and a traceback on stderr). A second Ctrl-C raises at once. Only in the main thread, and
+    only where SIGINT has Python's default handler (ignored or someone else's: left alone)."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
 
     def on_sigint(signum, frame):
+        if _CTRL_C.is_set():
+            raise KeyboardInterrupt
         _CTRL_C.set()
-        raise KeyboardInterrupt
 
     _CTRL_C.clear()
     signal.signal(signal.SIGINT, on_sigint)
@@ -103,6 +105,22 @@ def raise_if_ctrl_c() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C came inside :func:`remembered_ctrl_c` (a safe point to stop at)."""
     if _CTRL_C.is_set():
         raise KeyboardInterrupt
+
+
+def polled(results, every: float = 0.2):
+    """Iterate a ``multiprocessing`` ``imap`` result, calling :func:`raise_if_ctrl_c` at least every ``every``
+    seconds while waiting for the next item."""
+    import multiprocessing
+
+    while True:
+        try:
+            item = results.next(timeout=every)
+        except multiprocessing.TimeoutError:
+            raise_if_ctrl_c()
+            continue
+        except StopIteration:
+            return
+        yield item
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -46,7 +46,7 @@ from visual_dr3.data.generate_workers import (WORKER, close_worker_env, init_wor
                                              worker_pool)
 from visual_dr3.envs.scripted import PRIOR_MODES, SCRIPTED_VERSION
 from visual_dr3.envs.tasks import KINDS, TASKS, TaskSpec, get_task
-from visual_dr3.errors import (OneLineParser, UserError, cli_entry, command_name, raise_if_ctrl_c,
+from visual_dr3.errors import (OneLineParser, UserError, cli_entry, command_name, polled, raise_if_ctrl_c,
                                remembered_ctrl_c)
 
 EXPERT_SIGMA = 0.1
@@ -240,7 +240,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
                dynamic_ncols=True, file=sys.stderr)
     pool = None
     try:
-        # a Ctrl-C that a library swallows is raised again after the episode (raise_if_ctrl_c below)
+        # Ctrl-C is raised between episodes (raise_if_ctrl_c below) and while waiting for the workers (polled)
         with remembered_ctrl_c(), DatasetWriter(out_path, env_args, meta) as writer:
             if workers == 1:
                 init_worker(*init_args)
@@ -253,7 +253,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
                 # (bare excepts), so importing it lazily mid-run could eat a Ctrl-C
                 model_file = model_file_for(spec, image_size, cams, horizon, seed)
                 pool = worker_pool(workers, init_args)
-                results = pool.imap(worker_episode, range(episodes), chunksize=1)
+                results = polled(pool.imap(worker_episode, range(episodes), chunksize=1))
             tally = _write_episodes(writer, results, model_file, kind, int(episodes), int(seed), bar)
     finally:
         bar.close()
