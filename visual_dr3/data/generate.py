@@ -114,6 +114,7 @@ def run_episode(env, spec: TaskSpec, kind: str, seed: int, index: int, horizon: 
                 rec["actions"].append(action)
             obs, _, _, _ = env.step(action)
             env_steps += 1
+            raise_if_ctrl_c()  # with --workers 1 the episode runs here: stop within a step, not at its end
             success = bool(env._check_success())
             if prior and success:
                 prior_hit_success = True
@@ -240,7 +241,8 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
                dynamic_ncols=True, file=sys.stderr)
     pool = None
     try:
-        # Ctrl-C is raised between episodes (raise_if_ctrl_c below) and while waiting for the workers (polled)
+        # Ctrl-C is raised at the next env step (--workers 1), episode (raise_if_ctrl_c) or wait for the workers
+        # (polled): never inside a library's code
         with remembered_ctrl_c(), DatasetWriter(out_path, env_args, meta) as writer:
             if workers == 1:
                 init_worker(*init_args)
@@ -249,8 +251,7 @@ def generate_dataset(task: str, episodes: int, out: "str | os.PathLike", kind: s
 
                 model_file = model_xml(WORKER["env"])
             else:
-                # built before the workers start: robosuite's import swallows a KeyboardInterrupt in places
-                # (bare excepts), so importing it lazily mid-run could eat a Ctrl-C
+                # built before the workers start (one env build, in the parent, for the file's MJCF)
                 model_file = model_file_for(spec, image_size, cams, horizon, seed)
                 pool = worker_pool(workers, init_args)
                 results = polled(pool.imap(worker_episode, range(episodes), chunksize=1))

@@ -46,7 +46,7 @@ def worker_pool(workers: int, init_args: tuple):
     pool = None
     try:
         pool = ctx.Pool(workers, initializer=init_pool_worker, initargs=init_args)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is delivered here
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if pool is not None:
