@@ -12,8 +12,11 @@ next one still runs):
 1. ``cuda_tests``: ``python -m pytest -m cuda`` (the tests marked ``cuda``; skipped without a CUDA device).
 2. ``grid``: ``python -m benchmarks --device cuda --only scaling``: steps/s and MFU at batch 256 and 1024,
    drq and resnet18, fp32 and bf16, compile off and on (and DDP efficiency with more than one GPU).
-3. ``train_eval``: a lift dataset generated on the machine, then ``train.py --preset gpu`` for a fixed number
-   of steps with an evaluation at the end: steps/s of the real run, success rate and evaluation env steps/s.
+3. ``train_eval``: a short learning run of the GPU preset: 100 expert lift demos at 84x84 generated on the
+   machine, then ``train.py --preset gpu`` (the task's method at the GPU's scale) with its schedule cut to 2,000
+   steps (the behaviour-cloning warm-up to the first 1,000, as the preset's half), 50 evaluation episodes at steps
+   1,000 (the warm-up's end) and 2,000 (after RL): steps/s of the real run, success at each evaluation and
+   evaluation env steps/s.
 
 Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (and each step's log). ``--dry`` runs the same
 steps on the CPU at tiny sizes: it proves the commands, the parsing and the report, not any figure.
@@ -49,18 +52,20 @@ class Sizes:
 GPU = Sizes(
     device="cuda",
     grid_args=("--device", "cuda", "--only", "scaling", "--warmup", "5", "--block", "10", "--reps", "3"),
-    gen_args=("--episodes", "20", "--image-size", "84", "--kind", "expert", "--workers", "8"),
-    train_args=("--preset", "gpu", "--max-steps", "1500", "--batch-size", "256", "--eval-every", "1500",
-                "--eval-episodes", "20", "--eval-workers", "8", "--log-every", "250", "--checkpoint-every", "1500",
+    gen_args=("--episodes", "100", "--image-size", "84", "--kind", "expert", "--workers", "8"),
+    # the GPU preset with fewer steps: everything else (method, batch 256, images) is the preset's
+    train_args=("--preset", "gpu", "--max-steps", "2000", "--algo.bc_warmup_steps", "1000", "--eval-every", "1000",
+                "--eval-episodes", "50", "--eval-workers", "8", "--log-every", "250", "--checkpoint-every", "1000",
                 "--data.device", "auto", "--precision", "bf16-mixed"),  # auto: the dataset on the GPU when it fits
-    limits={"cuda_tests": 90, "grid": 240, "train_eval": 150},
+    limits={"cuda_tests": 90, "grid": 180, "train_eval": 300},
 )
 DRY = Sizes(
     device="cpu",
     grid_args=("--device", "cpu", "--only", "scaling", "--quick", "--scaling-on-cpu", "--grid-configs", "1",
                "--warmup", "1", "--block", "1", "--reps", "2"),
     gen_args=("--episodes", "2", "--image-size", "32", "--kind", "expert", "--workers", "1", "--horizon", "30"),
-    train_args=("--max-steps", "4", "--batch-size", "8", "--eval-every", "4", "--eval-episodes", "2",
+    train_args=("--preset", "gpu", "--max-steps", "4", "--algo.bc_warmup_steps", "2", "--batch-size", "8",
+                "--eval-every", "2", "--eval-episodes", "2",
                 "--eval-workers", "1", "--eval-horizon", "5", "--log-every", "2", "--model.feature_dim", "32",
                 "--model.hidden_dims", "[32, 32]", "--cql.num_actions", "2"),
     limits={"cuda_tests": 120, "grid": 240, "train_eval": 240},
@@ -144,7 +149,8 @@ def train_eval_commands(sizes: Sizes, data: Path, run: Path) -> tuple[list[str],
 
 
 def parse_train_eval(log: str, run: Path) -> dict:
-    """Training steps/s and seconds from train.py's summary; success and env steps/s of the last evaluation."""
+    """Training steps/s and seconds from train.py's summary; success at each evaluation (``success_at``) and at
+    the last, and env steps/s of the last evaluation."""
     figures: dict = {}
     m = re.search(r"steps_per_s\s+([0-9.]+)", log)
     if m:
@@ -154,7 +160,10 @@ def parse_train_eval(log: str, run: Path) -> dict:
         figures["train_seconds"] = float(m.group(1))
     evals = sorted((run / "eval").glob("step_*.json")) if (run / "eval").is_dir() else []
     if evals:
-        s = json.loads(evals[-1].read_text())["summary"]
+        docs = [json.loads(e.read_text()) for e in evals]
+        figures["success_at"] = ", ".join(f"{int(e.stem.split('_')[-1])}: {d['summary']['successes']}/"
+                                          f"{d['summary']['episodes']}" for e, d in zip(evals, docs))
+        s = docs[-1]["summary"]
         figures.update(success=f"{s['successes']}/{s['episodes']}",
                        eval_env_steps_per_s=round(float(s["env_steps_per_s"]), 1))
     return figures

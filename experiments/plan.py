@@ -118,11 +118,11 @@ class RunSpec:
 
 
 def train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Path, seed: int,
-               condition: Sequence[str] = (), extra: Sequence[str] = (), preset: str = "gpu") -> tuple[str, ...]:
+               condition: Sequence[str] = (), extra: Sequence[str] = (), preset: str = "none") -> tuple[str, ...]:
     """``train.py`` flags of one run: the experiment's ``--config`` first (flags after it override it), then
     the scale's flags, the condition's flags and the user's ``--train-args``. The DR3 studies set their scale
-    themselves and pin train.py's base preset (``--preset gpu``: visual_dr3/configs/<task>.yaml without the cpu overlay);
-    the learning recipe's study passes the preset it measures."""
+    themselves and pin no preset (``--preset none``: the code's defaults under the experiment's config, as when
+    the studies were run); the learning recipe's study passes the preset it measures."""
     args = ["--preset", preset, "--config", str(config), "--task", task, "--dataset", str(dataset),
             "--output-dir", str(out_dir),
             "--seed", str(seed), "--max-steps", str(scale.max_steps), "--batch-size", str(scale.batch_size),

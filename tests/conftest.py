@@ -17,9 +17,10 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-# train.py picks the cpu preset on a machine without CUDA; the suite tests the base config (its tiny runs set their
-# own sizes) unless a test asks for a preset itself (test_recipe_parts, test_recipe_e2e). Child processes inherit it.
-os.environ.setdefault("VISUAL_DR3_PRESET", "gpu")
+# train.py picks the cpu preset on a machine without CUDA; the suite tests the code's defaults (preset none: no
+# preset file; its tiny runs set their own sizes) unless a test asks for a preset itself (test_config,
+# test_recipe_parts, test_recipe_e2e). Child processes inherit it.
+os.environ.setdefault("VISUAL_DR3_PRESET", "none")
 
 
 def _tiny_lift(tmp_path_factory, name: str, episodes: int, kind: str, seed: int = 0):

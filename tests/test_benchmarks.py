@@ -132,7 +132,14 @@ def test_gpu_check_commands_parse_and_its_parsers_read_canned_logs(tmp_path):
         gen, train = gpu_check.train_eval_commands(sizes, tmp_path / "d.hdf5", tmp_path / "run")
         assert gen_parser().parse_args(gen[3:]).task == "lift" and train[1] == "train.py"
         cfg = parse_train_args(train[2:], configs_dir=CONFIGS_DIR)
-        assert cfg.eval_every == cfg.max_steps and cfg.dataset == str(tmp_path / "d.hdf5")
+        # a short learning run of the GPU preset: its method, an evaluation at the warm-up's end and after RL
+        assert cfg.preset == "gpu" and cfg.algo.backup == "sarsa" and cfg.algo.policy_ema == 0.99
+        assert cfg.eval_every == cfg.algo.bc_warmup_steps == cfg.max_steps // 2
+        assert cfg.dataset == str(tmp_path / "d.hdf5")
+    assert (cfg.max_steps, cfg.batch_size) == (4, 8)  # the dry sizes ...
+    gpu_cfg = parse_train_args(gpu_check.train_eval_commands(gpu_check.GPU, tmp_path / "d", tmp_path / "r")[1][2:],
+                               configs_dir=CONFIGS_DIR)
+    assert (gpu_cfg.max_steps, gpu_cfg.batch_size, gpu_cfg.eval_episodes) == (2000, 256, 50)  # ... and the GPU's
     assert gpu_check.cuda_tests_command()[1:5] == ["-m", "pytest", "-m", "cuda"]
 
     assert gpu_check.parse_cuda_tests(CANNED_CUDA_LOG) == {"skipped": 3, "deselected": 412}
@@ -149,7 +156,8 @@ def test_gpu_check_commands_parse_and_its_parsers_read_canned_logs(tmp_path):
         (run / "eval" / f"step_{step:07d}.json").write_text(json.dumps(
             {"summary": {"successes": succ, "episodes": 20, "env_steps_per_s": 123.456}}))
     assert gpu_check.parse_train_eval(CANNED_TRAIN_LOG, run) == {
-        "train_steps_per_s": 16.97, "train_seconds": 88.4, "success": "14/20", "eval_env_steps_per_s": 123.5}
+        "train_steps_per_s": 16.97, "train_seconds": 88.4, "success_at": "750: 3/20, 1500: 14/20", "success": "14/20",
+        "eval_env_steps_per_s": 123.5}
     assert gpu_check.parse_train_eval("[timed out after 150 s]", tmp_path / "none") == {}
 
 
@@ -185,7 +193,7 @@ def test_gpu_check_writes_one_json_and_one_table(tmp_path, monkeypatch, capsys):
     assert steps["train_eval"]["figures"]["success"] == "1/2"
     table = (out / "gpu_check.md").read_text()
     assert table in capsys.readouterr().out and table.count("\n| ") == 5  # header, 3 steps, 1 grid figure
-    assert "| train_eval | ok | 2 s | train_steps_per_s 16.97, train_seconds 88.4, success 1/2, " \
+    assert "| train_eval | ok | 2 s | train_steps_per_s 16.97, train_seconds 88.4, success_at 4: 1/2, success 1/2, " \
            "eval_env_steps_per_s 7.0 |" in table
 
 

@@ -35,10 +35,46 @@ def test_task_config_file_then_user_config_then_flags(tmp_path):
     assert cfg.dr3.coef == 0.3  # flag beats both
 
 
-def test_task_file_is_used(tmp_path):
+def test_task_file_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISUAL_DR3_PRESET", "gpu")
     (tmp_path / "lift.yaml").write_text("task: lift\nbatch_size: 3\n")
     assert parse_train_args([], configs_dir=tmp_path).batch_size == 3
     assert parse_train_args(["--batch-size", "5"], configs_dir=tmp_path).batch_size == 5
+    assert parse_train_args(["--preset", "none"], configs_dir=tmp_path).batch_size == 256  # no preset file
+
+
+#: what a preset's own file may set: the scale (steps, batch, images, data size, evaluation and logging cadence,
+#: and the warm-up's length, a number of steps); everything else is the task's method, the same in both presets
+SCALE_KEYS = {"max_steps", "batch_size", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
+              "data.episodes", "data.image_size", "algo.bc_warmup_steps"}
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("task", ["lift", "pick_place"])
+def test_the_gpu_preset_is_the_cpu_method_at_scale(task):
+    """The presets share the task's method (``<task>.yaml``) and differ only in scale (``cpu/``, ``gpu/``):
+    the GPU preset runs what was measured to learn on the CPU."""
+    for preset in ("cpu", "gpu"):
+        own = yaml.safe_load((CONFIGS / preset / f"{task}.yaml").read_text())
+        assert set(_flat(own)) <= SCALE_KEYS, (preset, set(_flat(own)) - SCALE_KEYS)
+    cpu = _flat(to_dict(parse_train_args(["--task", task, "--preset", "cpu"], configs_dir=CONFIGS)))
+    gpu = _flat(to_dict(parse_train_args(["--task", task, "--preset", "gpu"], configs_dir=CONFIGS)))
+    differ = {k for k in cpu if cpu[k] != gpu[k]}
+    assert differ == SCALE_KEYS - ({"log_every", "eval_episodes"}) | {"preset"}, differ
+    assert (gpu["algo.backup"], gpu["algo.n_step"], gpu["algo.policy_ema"], gpu["algo.bc_loss"]) == \
+        ("sarsa", 5, 0.99, "mse")
+    assert (gpu["max_steps"], gpu["batch_size"], gpu["data.image_size"], gpu["algo.bc_warmup_steps"]) == \
+        (20000, 256, 84, 10000)
+    assert gpu["eval_every"] > 0  # it evaluates during training
 
 
 def test_cog_config_sources():
@@ -117,7 +153,7 @@ def test_round_trip_yaml_and_dict():
     assert from_dict(to_dict(TrainConfig())) == TrainConfig()
 
 
-@pytest.mark.parametrize("preset, max_steps, batch", [("cpu", 1000, 64), ("gpu", 100000, 256)])
+@pytest.mark.parametrize("preset, max_steps, batch", [("cpu", 1000, 64), ("gpu", 20000, 256), ("none", 100000, 256)])
 def test_help_shows_the_presets_values_and_says_so(preset, max_steps, batch, capsys):
     """train.py --help: the defaults shown are the preset's (what the run would get), a line says which preset
     and points to --print_config; examples, environment variables and exit codes follow."""

@@ -77,7 +77,7 @@ def test_probe_cpu_runs_and_exact_command():
     assert td.dataset.path == Path("data/lift_mixed_48px_50ep.hdf5")
     assert td.command()[:2] == [sys.executable, str(ROOT / "train.py")]
     assert list(td.train_args) == [
-        "--preset", "gpu",
+        "--preset", "none",
         "--config", str(CFG / "probe.yaml"), "--task", "lift", "--dataset", "data/lift_mixed_48px_50ep.hdf5",
         "--output-dir", "runs/study/sarsa_vs_td/cpu/td_s1", "--seed", "1", "--max-steps", "3000",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
@@ -101,7 +101,7 @@ def test_probe_gpu_scale_and_overrides():
     assert [r.name for r in runs] == ["sarsa_s7", "td_s7"]
     assert runs[1].dataset.path == Path("d/lift_mixed_32px_2ep_h20.hdf5")
     assert list(runs[1].train_args) == [
-        "--preset", "gpu",
+        "--preset", "none",
         "--config", str(CFG / "probe.yaml"), "--task", "lift", "--dataset", "d/lift_mixed_32px_2ep_h20.hdf5",
         "--output-dir", "o/td_s7", "--seed", "7", "--max-steps", "4", "--batch-size", "256",
         "--model.encoder", "drq", "--log-every", "100", "--checkpoint-every", "5000", "--eval-every", "0",
@@ -119,14 +119,14 @@ def test_cql_vs_dr3_cpu_and_gpu_runs():
     assert len(runs) == 12 and {r.group for r in runs} == {"lift_mixed", "lift_cog"}
     r = by_name(runs)["lift_cog/dr3_s2"]
     assert list(r.train_args) == [
-        "--preset", "gpu",
+        "--preset", "none",
         "--config", str(CFG / "cql_vs_dr3_cog.yaml"), "--task", "lift", "--dataset", "data/lift_cog_48px_50ep.hdf5",
         "--output-dir", "runs/study/cql_vs_dr3/cpu/lift_cog/dr3_s2", "--seed", "2", "--max-steps", "1500",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
         "--eval-every", "500", "--eval-episodes", "20", "--eval-workers", "2", "--resume", "auto",
         "--algo.bc_warmup_steps", "150", "--dr3-coef", "0.01"]
     m = by_name(runs)["lift_mixed/cql_s0"]
-    assert m.train_args[:4] == ("--preset", "gpu", "--config", str(CFG / "cql_vs_dr3_mixed.yaml"))
+    assert m.train_args[:4] == ("--preset", "none", "--config", str(CFG / "cql_vs_dr3_mixed.yaml"))
     assert m.train_args[-2:] == ("--dr3-coef", "0") and "--algo.bc_warmup_steps" not in m.train_args
 
     scale, runs = plan(cql_vs_dr3, "--scale", "gpu")
@@ -152,7 +152,7 @@ def test_sensitivity_runs_and_reports():
                                                 "c0_0.1_encoder", "c0_0.01_penultimate"]
     r = by_name(runs)["c0_0.01_penultimate_s1"]
     assert list(r.train_args) == [
-        "--preset", "gpu",
+        "--preset", "none",
         "--config", str(CFG / "sensitivity.yaml"), "--task", "lift", "--dataset", "data/lift_mixed_48px_50ep.hdf5",
         "--output-dir", "runs/study/sensitivity/cpu/c0_0.01_penultimate_s1", "--seed", "1", "--max-steps", "1500",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",

@@ -168,7 +168,9 @@ def test_presets_layer_the_cpu_file_and_record_the_choice(tmp_path, monkeypatch)
     with pytest.raises(UserError, match="VISUAL_DR3_PRESET"):
         parse_train_args([], configs_dir=tmp_path)
     assert preset_files(CONFIGS, "lift", "cpu") == [CONFIGS / "lift.yaml", CONFIGS / "cpu" / "lift.yaml"]
-    assert preset_files(CONFIGS, "lift", "gpu") == [CONFIGS / "lift.yaml"]
+    assert preset_files(CONFIGS, "lift", "gpu") == [CONFIGS / "lift.yaml", CONFIGS / "gpu" / "lift.yaml"]
+    assert preset_files(CONFIGS, "stack", "cpu") == [CONFIGS / "stack.yaml"]  # no cpu file: the method file alone
+    assert preset_files(CONFIGS, "lift", "none") == []
 
 
 def test_default_dataset_names():

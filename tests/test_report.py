@@ -328,3 +328,19 @@ def test_every_report_page_has_a_valid_summary():
         if page.parent == root:
             continue  # reports/index.md is the index of pages
         read_summary(page.parent)  # raises a UserError naming the file when missing or off-schema
+
+
+def test_summary_data_kind_is_the_dataset_the_run_used_not_the_unused_default():
+    from types import SimpleNamespace
+
+    from visual_dr3.report.summary import data_kind
+
+    # --dataset given: data.kind (default "expert") only names the file a run would generate, so the file decides
+    assert data_kind(SimpleNamespace(flat={"data.kind": "expert", "dataset": "data/lift_stitch_48px_100ep.hdf5"})) \
+        == "stitch"
+    assert data_kind(SimpleNamespace(flat={"data.kind": "expert", "dataset": "data/lift_mixed_48px_50ep.hdf5"})) \
+        == "mixed"
+    assert data_kind(SimpleNamespace(flat={"data.kind": "mixed", "dataset": None})) == "mixed"
+    assert data_kind(SimpleNamespace(flat={"data.sources.0.path": "a_expert.hdf5",
+                                           "data.sources.1.path": "b_expert.hdf5"})) == "cog"
+    assert data_kind(SimpleNamespace(flat={"dataset": "my_file.hdf5"})) is None

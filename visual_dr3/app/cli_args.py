@@ -21,7 +21,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 from visual_dr3.errors import UserError, command_name
 from visual_dr3.learner.config import TrainConfig, validate
 
-#: the shipped presets and example configs (package data): ``<task>.yaml``, ``cpu/<task>.yaml``, ``experiments/``
+#: the shipped presets and example configs (package data): ``<task>.yaml`` (the method), ``cpu/<task>.yaml`` and
+#: ``gpu/<task>.yaml`` (the scale), ``experiments/``
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 ALIASES = {"--dr3_coef": "--dr3.coef", "--backup": "--algo.backup", "--min_q_weight": "--cql.min_q_weight"}
@@ -103,7 +104,7 @@ def build_parser(help_defaults: Sequence[Path] = (), preset_note: str = "") -> A
     examples = tuple(e.replace("train.py", prog, 1) for e in EXAMPLES)
     parser = ArgumentParser(
         prog=prog, exit_on_error=False, default_env=False, formatter_class=_formatter(),
-        usage="%(prog)s [--task TASK] [--preset {auto,cpu,gpu}] [--config FILE|NAME] [--FLAG VALUE ...] "
+        usage="%(prog)s [--task TASK] [--preset {auto,cpu,gpu,none}] [--config FILE|NAME] [--FLAG VALUE ...] "
               "[--print_config]",
         default_config_files=[str(f) for f in help_defaults] or None,
         description="\n\n".join(t for t in (DESCRIPTION, preset_note, SYNTAX) if t),
@@ -123,7 +124,7 @@ def help_preset_note(preset: str, why: str, task: str, files: Sequence[Path]) ->
     shown = ", ".join(str(f.relative_to(CONFIGS_DIR)) if f.is_relative_to(CONFIGS_DIR) else str(f) for f in files)
     text = (f"Preset: {preset} ({why}), task {task}. Presets override the code's defaults: the defaults shown "
             f"below already include {shown or 'no preset file'} (in visual_dr3/configs/) and any --config file "
-            f"given; flags override them all. --preset cpu|gpu picks a preset, --task another task's files. "
+            f"given; flags override them all. --preset cpu|gpu|none picks a preset, --task another task's files. "
             f"See every resolved value with --print_config (nothing runs).")
     return textwrap.fill(text, width=110)
 
@@ -151,15 +152,16 @@ def _task_of(argv: list[str]) -> str:
     return task or TrainConfig.task
 
 
-PRESETS = ("cpu", "gpu")
+#: ``none``: no preset file, the code's defaults (what the test suite builds its tiny runs on)
+PRESETS = ("cpu", "gpu", "none")
 
 
 PRESET_ENV = "VISUAL_DR3_PRESET"
 
 
 def resolve_preset(argv: Sequence[str]) -> tuple[str, str]:
-    """``(preset, why)``: ``--preset cpu|gpu`` as given, else the environment variable ``VISUAL_DR3_PRESET``
-    (cpu|gpu|auto; the test suite pins gpu, the base config), else (``auto``) cpu when no CUDA device is visible."""
+    """``(preset, why)``: ``--preset cpu|gpu|none`` as given, else the environment variable ``VISUAL_DR3_PRESET``
+    (cpu|gpu|none|auto; the test suite pins none), else (``auto``) cpu when no CUDA device is visible."""
     asked = _scan(list(argv), "--preset")
     where = "--preset"
     if asked is None and os.environ.get(PRESET_ENV):
@@ -167,7 +169,7 @@ def resolve_preset(argv: Sequence[str]) -> tuple[str, str]:
     if asked in PRESETS:
         return asked, f"{where} {asked}"
     if asked not in (None, "auto"):
-        raise UserError(f"{where}: got {asked!r}; expected one of auto, cpu, gpu")
+        raise UserError(f"{where}: got {asked!r}; expected one of auto, cpu, gpu, none")
     import torch
 
     if torch.cuda.is_available():
@@ -176,19 +178,20 @@ def resolve_preset(argv: Sequence[str]) -> tuple[str, str]:
 
 
 def preset_files(configs_dir: Path, task: str, preset: str) -> list[Path]:
-    """The config files a preset layers under ``--config`` and flags: ``<task>.yaml``, then for the cpu preset
-    ``cpu/<task>.yaml`` (the same file for both presets where no cpu file exists)."""
-    files = [Path(configs_dir) / f"{task}.yaml"]
-    if preset == "cpu":
-        files.append(Path(configs_dir) / "cpu" / f"{task}.yaml")
+    """The config files a preset layers under ``--config`` and flags: ``<task>.yaml`` (the method, shared by both
+    presets), then the preset's scale, ``cpu/<task>.yaml`` or ``gpu/<task>.yaml`` (where one exists); none for the
+    preset ``none``."""
+    if preset == "none":
+        return []
+    files = [Path(configs_dir) / f"{task}.yaml", Path(configs_dir) / preset / f"{task}.yaml"]
     return [f for f in files if f.is_file()]
 
 
 def parse_train_args(argv: Sequence[str], configs_dir: Optional[Path] = None) -> TrainConfig:
     """Parse and validate; every problem becomes a one-line :class:`UserError` naming the flag or key.
 
-    Precedence (lowest first): dataclass defaults, ``configs/<task>.yaml``, ``configs/cpu/<task>.yaml`` (cpu
-    preset only), ``--config FILE``, flags. The resolved preset is recorded in ``cfg.preset``."""
+    Precedence (lowest first): dataclass defaults, ``configs/<task>.yaml``, ``configs/<preset>/<task>.yaml``,
+    ``--config FILE``, flags (preset ``none``: no preset file). The resolved preset is recorded in ``cfg.preset``."""
     argv = normalize_argv(argv)
     prefix: list[str] = []
     preset, why = resolve_preset(argv)

@@ -15,8 +15,8 @@ ENVIRONMENT = (
 )
 #: read by ``train.py`` only
 TRAIN_ENVIRONMENT = (
-    ("VISUAL_DR3_PRESET", "cpu, gpu or auto: the preset when --preset is not given (auto: gpu when a CUDA "
-                          "device is visible, else cpu)"),
+    ("VISUAL_DR3_PRESET", "cpu, gpu, none or auto: the preset when --preset is not given (auto: gpu when a "
+                          "CUDA device is visible, else cpu; none: no preset file, the code's defaults)"),
     ("VISUAL_DR3_DATA_ROOT", "the folder whose data/ holds the default datasets (default: the working "
                              "directory)"),
     ("OMP_NUM_THREADS", "CPU threads per training process (default: the cores divided by --devices)"),

@@ -23,9 +23,10 @@ from visual_dr3.learner.config import TrainConfig, to_dict
 # checkpoints are taken after the step on purpose; the run folder is ours).
 QUIET_WARNINGS = (".*does not have many workers.*", ".*IterableDataset.*", ".*pre-optimization state.*",
                   ".*exists and is not empty.*", ".*LeafSpec.*", ".*weights_only.*", ".*anonymous setting.*")
-PRESET_WHY = {"cpu": "visual_dr3/configs/cpu/<task>.yaml over <task>.yaml: small images and a short schedule that "
-                     "learns on a few CPU cores",
-              "gpu": "visual_dr3/configs/<task>.yaml: the full-scale schedule"}
+PRESET_WHY = {"cpu": "visual_dr3/configs/cpu/<task>.yaml over <task>.yaml: the task's method at small images and a "
+                     "short schedule that learns on a few CPU cores",
+              "gpu": "visual_dr3/configs/gpu/<task>.yaml over <task>.yaml: the same method at full scale",
+              "none": "no preset file: the code's defaults"}
 
 
 def check_run_folder(out: Path, cfg: TrainConfig) -> None:
@@ -181,9 +182,9 @@ def _say_preset(cfg: TrainConfig) -> None:
         say(f"[visual-dr3] preset {cfg.preset}: the config as built, no preset file layered", stdout=True)
         return
     cuda = torch.cuda.is_available()
-    why = ("forced by --preset or VISUAL_DR3_PRESET" if (cfg.preset == "gpu") != cuda
+    why = ("forced by --preset or VISUAL_DR3_PRESET" if cfg.preset == "none" or (cfg.preset == "gpu") != cuda
            else "CUDA device visible" if cuda else "no CUDA device visible")
-    say(f"[visual-dr3] preset {cfg.preset} ({why}): {PRESET_WHY.get(cfg.preset, '')}; --preset cpu|gpu "
+    say(f"[visual-dr3] preset {cfg.preset} ({why}): {PRESET_WHY.get(cfg.preset, '')}; --preset cpu|gpu|none "
         f"forces one", stdout=True)
 
 

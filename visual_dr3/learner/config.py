@@ -193,8 +193,8 @@ class TrainConfig:
     """Task name from the registry (lift, pick_place, stack)."""
     algorithm: Literal["cql", "bc"] = "cql"
     """``cql``: CQL critic + SAC actor (+ DR3); ``bc``: behaviour cloning of the actor alone (the floor to beat)."""
-    preset: Literal["auto", "cpu", "gpu"] = "auto"
-    """The preset files under --config and flags: visual_dr3/configs/<task>.yaml (gpu), plus cpu/<task>.yaml (cpu); auto: cpu without CUDA."""
+    preset: Literal["auto", "cpu", "gpu", "none"] = "auto"
+    """The preset under --config and flags: visual_dr3/configs/<task>.yaml (the method) plus cpu/<task>.yaml or gpu/<task>.yaml (the scale); none: the code's defaults; auto: cpu without CUDA."""
     dataset: Optional[str] = None
     """HDF5 dataset; None means the task's default file under data/ (generated first if missing)."""
     output_dir: Optional[str] = None

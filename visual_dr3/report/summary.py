@@ -38,11 +38,9 @@ SUMMARY_NAME = "summary.json"
 
 
 def data_kind(run: Run) -> Optional[str]:
-    """``data.kind`` when the config names it, else read from the dataset's file name (``lift_mixed_48px...``:
-    ``mixed``; several sources: ``cog``)."""
-    kind = run.flat.get("data.kind")
-    if kind:
-        return str(kind)
+    """The kind of the data the run trained on: read from the dataset's file name when the run names one
+    (``lift_mixed_48px...``: ``mixed``; several sources: ``cog``), since ``data.kind`` then goes unused (it only
+    picks the default file a run generates); else ``data.kind``."""
     paths = [str(v) for k, v in run.flat.items()
              if v and (k == "dataset" or (k.startswith("data.sources.") and k.endswith(".path")))]
     if len(paths) > 1:
@@ -51,7 +49,8 @@ def data_kind(run: Run) -> Optional[str]:
         for k in ("expert", "mixed", "cog", "stitch"):
             if f"_{k}" in Path(p).name:
                 return k
-    return None
+    kind = run.flat.get("data.kind")
+    return str(kind) if kind else None
 
 
 def run_config(run: Run) -> dict[str, Any]:
