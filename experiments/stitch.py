@@ -3,6 +3,7 @@
     python -m experiments.stitch                     # data, every condition x seeds 1-3, the report
     python -m experiments.stitch --dry-run           # the commands, and what is already done
     python -m experiments.stitch --conditions bc bc_filtered --seeds 4   # a subset
+    python -m experiments.stitch --sampling cog      # batches half prior, half task episodes (COG's sampling)
 
 The data (``python -m visual_dr3.data.generate --kind stitch``): prior episodes grasp the cube and let go, or
 grasp empty spots beside it; task episodes start at the grasped cube and lift it. No episode runs from an initial
@@ -29,7 +30,7 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/stitch.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (KL_COEF, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
+from experiments.common import (CONFIG_DIR, KL_COEF, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
                                 fmt_coef, main_flow, resolve_scale, roots)
 from experiments.cql_vs_dr3 import CONFIGS, study_train_args
 
@@ -48,6 +49,10 @@ SCALES = {
 #: a target encoder, CQL weight 0.1 with a gap floor, DR3 on the penultimate layer; reports/td_recipe/)
 TD_FLAGS: tuple[str, ...] = ("--config", "td")
 CONDITIONS = ("bc", "bc_filtered", "sarsa", "sarsa_kl", "td", "td_dr3", "td_dr3_pen", "td_kl", "td_dr3_pen_kl")
+#: how batches are drawn: ``uniform`` over the file's transitions (a batch of 64 holds ~1.5 task transitions: task
+#: episodes end at success, 6 steps on average), or ``cog``: half from mask/prior, half from mask/task, as COG
+#: samples its prior and task data (visual_dr3/configs/experiments/stitch_cog.yaml)
+SAMPLING = {"uniform": (), "cog": ("--config", str(CONFIG_DIR / "stitch_cog.yaml"))}
 
 
 def conditions(dr3_coef: float, kl_coef: float = KL_COEF, names: Sequence[str] = CONDITIONS
@@ -75,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS),
                    help="conditions (default: all): " + ", ".join(CONDITIONS))
     p.add_argument("--dr3-coef", type=float, default=0.01, help="c0 of the DR3 conditions (default 0.01)")
+    p.add_argument("--sampling", choices=list(SAMPLING), default="uniform",
+                   help="batches uniform over the file's transitions, or cog: half prior, half task episodes "
+                        "(run folders and report get a _cog suffix; default uniform)")
     p.add_argument("--kl-coef", type=float, default=KL_COEF,
                    help=f"lambda of the *_kl conditions (train.py --kl.coef; default {KL_COEF:g})")
     return p
@@ -87,11 +95,14 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
     extra = tuple(shlex.split(args.train_args))
     data = DatasetSpec("lift", "stitch", scale.image_size, scale.episodes, args.data_dir, scale.horizon)
     group = "lift_stitch"
+    suffix = "" if args.sampling == "uniform" else f"_{args.sampling}"
     runs = []
     for cond, flags in conditions(args.dr3_coef, args.kl_coef, args.conditions).items():
+        flags = (*flags, *SAMPLING[args.sampling])
         for seed in scale.seeds:
-            out = out_root / group / f"{cond}_s{seed}"
-            runs.append(RunSpec(name=f"{group}/{cond}_s{seed}", group=group, condition=cond, seed=seed, out_dir=out,
+            out = out_root / group / f"{cond}{suffix}_s{seed}"
+            runs.append(RunSpec(name=f"{group}/{cond}{suffix}_s{seed}", group=group, condition=f"{cond}{suffix}",
+                                seed=seed, out_dir=out,
                                 dataset=data, max_steps=scale.max_steps,
                                 train_args=study_train_args(CONFIGS["mixed"], scale, "lift", data.path, out, seed,
                                                             flags, extra)))
@@ -99,8 +110,11 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
 
 
 def reports(args: argparse.Namespace, scale: Scale, runs: Sequence[RunSpec]):
-    """One page, ``<report>/index.md``, over every run."""
+    """One page, ``<report>/index.md``, over every run (default ``reports/stitch/<scale>``, ``..._cog`` with
+    ``--sampling cog``)."""
     _, report = roots(args, EXPERIMENT)
+    if args.report is None and args.sampling != "uniform":
+        report = report.with_name(f"{report.name}_{args.sampling}")
     return [ReportSpec(report, f"{TITLE} ({scale.describe()})", tuple(runs), name="lift / stitch")], None, ""
 
 

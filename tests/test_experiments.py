@@ -474,6 +474,19 @@ def test_stitch_benchmark_runs_every_condition_on_the_recipe(monkeypatch):
     for cfg in got.values():  # the recipe: its warm-up and steps, the imitation-trained actor encoder
         assert (cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.max_steps, cfg.task) == \
             ("separate_bc", 500, 1000, "lift")
+        assert [(x.filter_key, x.weight) for x in cfg.data.sources] == [(None, None)]  # uniform over the file
+
+    # --sampling cog: every condition draws half its batch from mask/prior, half from mask/task, in its own folders
+    args = stitch.build_parser().parse_args(["--sampling", "cog", "--conditions", "td", "bc", "--seeds", "1"])
+    scale, runs = stitch.plan(args)
+    assert [r.condition for r in runs] == ["td_cog", "bc_cog"]
+    assert runs[0].out_dir == Path("runs/study/stitch/recipe/lift_stitch/td_cog_s1")
+    assert stitch.reports(args, scale, runs)[0][0].out == Path("reports/stitch/recipe_cog")
+    for r in runs:
+        cfg = parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR)
+        assert [(x.filter_key, x.weight) for x in cfg.data.sources] == [("prior", 0.5), ("task", 0.5)]
+    td = parse_train_args(list(runs[0].train_args), configs_dir=CONFIGS_DIR)
+    assert (td.algo.backup, td.algo.target_encoder, td.cql.min_q_weight, td.dr3.coef) == ("td", True, 0.1, 0.0)
 
 
 def test_index_page_has_each_reports_table_and_its_differences(tmp_path):
