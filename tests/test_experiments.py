@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from visual_dr3.learner.config import to_dict  # noqa: E402
 from experiments import common, cql_vs_dr3, learn_to_grasp, sarsa_vs_td, sensitivity  # noqa: E402
 from experiments.runner import last_logged_step  # noqa: E402
 from visual_dr3.app.cli_args import CONFIGS_DIR  # noqa: E402
@@ -84,6 +85,24 @@ def test_probe_cpu_runs_and_exact_command():
         "--eval-every", "0", "--resume", "auto", "--algo.bc_warmup_steps", "3000", "--backup", "td"]
     sarsa = by_name(runs)["sarsa_s0"].train_args
     assert sarsa[-4:] == ("--algo.bc_warmup_steps", "3000", "--backup", "sarsa")
+
+
+def test_probe_recipe_scale_is_the_td_recipe_with_dr3_off_and_only_a_prime_differs():
+    from visual_dr3.app.cli_args import CONFIGS_DIR, parse_train_args
+
+    scale, runs = plan(sarsa_vs_td, "--scale", "recipe")
+    assert (scale.image_size, scale.max_steps, scale.batch_size, scale.seeds, scale.eval_every) == \
+        (48, 1000, 64, (1, 2, 3), 1000)
+    assert len(runs) == 6 and runs[0].dataset.path == Path("data/lift_mixed_48px_50ep.hdf5")
+    cfgs = {r.name: parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR) for r in runs if r.seed == 1}
+    td, sarsa = cfgs["td_s1"], cfgs["sarsa_s1"]
+    assert (td.algo.backup, sarsa.algo.backup) == ("td", "sarsa")
+    assert (td.preset, td.algo.target_encoder, td.algo.target_action, td.algo.actor_objective, td.cql.min_q_weight,
+            td.dr3.coef, td.dr3.features, td.model.actor_encoder, td.algo.bc_warmup_steps, td.algo.n_step) == \
+        ("cpu", True, "mean", "awr", 0.1, 0.0, "penultimate", "separate_bc", 500, 5)
+    a, b = to_dict(td), to_dict(sarsa)
+    a["algo"].pop("backup"), b["algo"].pop("backup"), a.pop("output_dir"), b.pop("output_dir")
+    assert a == b  # a' is the only difference
 
 
 def test_probe_gpu_scale_and_overrides():
