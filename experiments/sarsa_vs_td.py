@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a file: python experiments/sarsa_vs_td.p
 
 from experiments.common import (CONFIG_DIR, DatasetSpec, ReportSpec, RunSpec, Scale, add_task_and_kind,
                                 base_parser, check_args, main_flow, resolve_scale, roots, train_args)
+from experiments.cql_vs_dr3 import study_train_args
 
 EXPERIMENT = "sarsa_vs_td"
 CONFIG = CONFIG_DIR / "probe.yaml"
@@ -68,8 +69,6 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
         for seed in scale.seeds:
             out = out_root / f"{cond}_s{seed}"
             if scale.name == "recipe":
-                from experiments.cql_vs_dr3 import study_train_args
-
                 targs = study_train_args(CONFIG, scale, args.task, data.path, out, seed, (*RECIPE_FLAGS, *flags),
                                          extra)
             else:

@@ -30,8 +30,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: python experiments/stitch.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (CONFIG_DIR, KL_COEF, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser, check_args,
-                                fmt_coef, main_flow, resolve_scale, roots)
+from experiments.common import (CONFIG_DIR, KL_COEF, DatasetSpec, ReportSpec, RunSpec, Scale, base_parser,
+                                check_args, fmt_coef, main_flow, resolve_scale, roots)
 from experiments.cql_vs_dr3 import CONFIGS, study_train_args
 
 EXPERIMENT = "stitch"
@@ -102,8 +102,7 @@ def plan(args: argparse.Namespace) -> tuple[Scale, list[RunSpec]]:
         for seed in scale.seeds:
             out = out_root / group / f"{cond}{suffix}_s{seed}"
             runs.append(RunSpec(name=f"{group}/{cond}{suffix}_s{seed}", group=group, condition=f"{cond}{suffix}",
-                                seed=seed, out_dir=out,
-                                dataset=data, max_steps=scale.max_steps,
+                                seed=seed, out_dir=out, dataset=data, max_steps=scale.max_steps,
                                 train_args=study_train_args(CONFIGS["mixed"], scale, "lift", data.path, out, seed,
                                                             flags, extra)))
     return scale, runs
