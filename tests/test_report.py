@@ -120,6 +120,8 @@ def test_aggregated_numbers(study):
     # final evaluations 6/10 and 3/10; best 6/10 and 5/10 (from the JSONs)
     assert a.final_success == (pytest.approx(0.45), pytest.approx(0.15), 2)
     assert a.best_success == (pytest.approx(0.55), pytest.approx(0.05), 2)
+    # averaged over each seed's evaluations: (0.2 + 0.6) / 2 and (0.5 + 0.3) / 2 -> 0.4 ± 0
+    assert a.mean_success == (pytest.approx(0.4), pytest.approx(0.0), 2)
     succ, n, lo, hi = a.pooled
     assert (succ, n) == (9, 20)
     lo_h, hi_h = wilson_by_hand(9, 20)
@@ -127,6 +129,7 @@ def test_aggregated_numbers(study):
     assert (round(lo, 4), round(hi, 4)) == (0.2582, 0.6579)
     # success from metrics.csv only: rates, but no episode counts for an interval
     assert b.final_success[:1] == (pytest.approx(0.25),) and b.best_success[0] == pytest.approx(0.25)
+    assert b.mean_success[:1] == (pytest.approx(0.175),)
     assert b.pooled is None
     assert sarsa.pooled is None and sarsa.final_success[2] == 0 and math.isnan(sarsa.final_success[0])
 
@@ -148,10 +151,11 @@ def test_report_files_and_page(study, tmp_path):
     assert res["page"] == out / "index.md"
     lo, hi = wilson_by_hand(9, 20)
     assert (f"| algo.backup=td, dr3.coef=0.01 | 2 (0,1) | 0.450 ± 0.150 | 9/20 [{lo:.3f}, {hi:.3f}] "
-            f"| 0.550 ± 0.050 | 5 ± 1 | 2 ± 0 | 2 ± 1 | 11 ± 1 | 1.5 ± 0.5 |") in md
-    assert ("| algo.backup=td, dr3.coef=0.0 | 1 (0) | 0.250 ± 0.000 | - | 0.250 ± 0.000 | 20 ± 0 | 2.5 ± 0 "
-            "| - | 5 ± 0 | 9 ± 0 |") in md
-    assert "| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | 2.5 ± 0 | 1 ± 0 | - | 12 ± 0 | 0.8 ± 0 |" in md
+            f"| 0.550 ± 0.050 | 0.400 ± 0.000 | 5 ± 1 | 2 ± 0 | 2 ± 1 | 11 ± 1 | 1.5 ± 0.5 |") in md
+    assert ("| algo.backup=td, dr3.coef=0.0 | 1 (0) | 0.250 ± 0.000 | - | 0.250 ± 0.000 | 0.175 ± 0.000 | 20 ± 0 "
+            "| 2.5 ± 0 | - | 5 ± 0 | 9 ± 0 |") in md
+    assert ("| algo.backup=sarsa, dr3.coef=0.01 | 1 (0) | - | - | - | - | 2.5 ± 0 | 1 ± 0 | - | 12 ± 0 "
+            "| 0.8 ± 0 |") in md
     assert "Not logged by any run (no plot): `dr3_cos`, `phi_norm`" in md
     assert "## Findings" not in md  # only when --findings is given
     for name in pngs:

@@ -30,13 +30,14 @@ def fmt_pooled(p) -> str:
 
 def table(summaries: Sequence[Summary]) -> list[str]:
     head = ["condition", "seeds", "final success", "pooled final 95% Wilson", "best success",
+            "success averaged over training",
             "final dr3_dot", *(f"{m} final/first" for m in GROWTH_METRICS), "final srank", "final q_mean",
             "final Q(data) - MC return"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         seeds = ",".join(fmt_value(x) for x in s.seeds)
         row = [s.label, f"{len(s.seeds)} ({seeds})", fmt_ms(s.final_success, ".3f"), fmt_pooled(s.pooled),
-               fmt_ms(s.best_success, ".3f"), fmt_ms(s.finals["dr3_dot"]),
+               fmt_ms(s.best_success, ".3f"), fmt_ms(s.mean_success, ".3f"), fmt_ms(s.finals["dr3_dot"]),
                *(fmt_ms(s.growths[m], ".3g") for m in GROWTH_METRICS), fmt_ms(s.finals["srank"]),
                fmt_ms(s.finals["q_mean"]), fmt_ms(s.finals["q_minus_mc"])]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")

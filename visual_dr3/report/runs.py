@@ -245,6 +245,8 @@ class Summary:
     seeds: list
     final_success: tuple[float, float, int]  # mean, std, n seeds
     best_success: tuple[float, float, int]
+    #: each seed's success averaged over its evaluations (the DR3 paper's stability measure), mean/std over seeds
+    mean_success: tuple[float, float, int]
     pooled: Optional[tuple[int, int, float, float]]  # successes, episodes, low, high (final evaluations)
     finals: dict[str, tuple[float, float, int]]
     growths: dict[str, tuple[float, float, int]]  # GROWTH_METRICS: each seed's last / first logged value
@@ -259,13 +261,15 @@ def summarize_condition(cond: Condition) -> Summary:
     finals = {m: mean_std([r.final(m) for r in cond.runs]) for m in TABLE_METRICS}
     final_sr = mean_std([r.evals[-1].success_rate if r.evals else math.nan for r in cond.runs])
     best_sr = mean_std([max(e.success_rate for e in r.evals) if r.evals else math.nan for r in cond.runs])
+    avg_sr = mean_std([float(np.mean([e.success_rate for e in r.evals])) if r.evals else math.nan
+                       for r in cond.runs])
     last = [r.evals[-1] for r in cond.runs if r.evals]
     pooled = None
     if last and all(e.episodes is not None for e in last):
         succ, n = sum(e.successes for e in last), sum(e.episodes for e in last)
         pooled = (succ, n, *wilson_interval(succ, n))
     return Summary(label=cond.label, seeds=[r.seed for r in cond.runs], final_success=final_sr,
-                   best_success=best_sr, pooled=pooled, finals=finals,
+                   best_success=best_sr, mean_success=avg_sr, pooled=pooled, finals=finals,
                    growths={m: mean_std([growth(r, m) for r in cond.runs]) for m in GROWTH_METRICS})
 
 
