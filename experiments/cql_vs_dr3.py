@@ -91,7 +91,7 @@ def conditions(dr3_coef: float, kl_coef: float = KL_COEF,
                names: Sequence[str] = ("cql", "dr3")) -> dict[str, tuple[str, ...]]:
     """condition -> its train.py flags, for the conditions ``names``."""
     c0, lam = fmt_coef(dr3_coef), fmt_coef(kl_coef)
-    table = {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", c0),
+    table = {"cql": ("--dr3-coef", "0"), "dr3": ("--dr3-coef", c0, "--dr3.features", "encoder"),
              "dr3_pen": ("--dr3-coef", c0, "--dr3.features", "penultimate"),
              "dr3_both": ("--dr3-coef", c0, "--dr3.features", "both"),
              "dr3_detach": ("--dr3-coef", c0, "--dr3.detach_next", "true"),

@@ -120,9 +120,11 @@ class RunSpec:
 def train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Path, seed: int,
                condition: Sequence[str] = (), extra: Sequence[str] = (), preset: str = "none") -> tuple[str, ...]:
     """``train.py`` flags of one run: the experiment's ``--config`` first (flags after it override it), then
-    the scale's flags, the condition's flags and the user's ``--train-args``. The DR3 studies set their scale
-    themselves and pin no preset (``--preset none``: the code's defaults under the experiment's config, as when
-    the studies were run); the learning recipe's study passes the preset it measures."""
+    the scale's flags, the condition's flags and the user's ``--train-args``. A ``--config`` in ``--train-args``
+    (e.g. ``--config td``, the TD recipe) goes before the condition's flags, so that a condition means what its
+    flags say whatever that config sets (``dr3`` is encoder DR3 under ``--config td`` too). The DR3 studies set
+    their scale themselves and pin no preset (``--preset none``: the code's defaults under the experiment's
+    config, as when the studies were run); the learning recipe's study passes the preset it measures."""
     args = ["--preset", preset, "--config", str(config), "--task", task, "--dataset", str(dataset),
             "--output-dir", str(out_dir),
             "--seed", str(seed), "--max-steps", str(scale.max_steps), "--batch-size", str(scale.batch_size),
@@ -135,7 +137,21 @@ def train_args(config: Path, scale: Scale, task: str, dataset: Path, out_dir: Pa
             args += ["--eval-horizon", str(scale.horizon)]
     else:
         args += ["--eval-every", "0"]
-    return tuple(args + ["--resume", "auto", *condition, *extra])
+    configs, rest = split_configs(extra)
+    return tuple(args + ["--resume", "auto", *configs, *condition, *rest])
+
+
+def split_configs(flags: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(the --config NAME pairs, the other flags)`` of ``flags``, each in their order."""
+    configs, rest, it = [], [], iter(flags)
+    for f in it:
+        if f == "--config":
+            configs += [f, next(it, "")]
+        elif f.startswith("--config="):
+            configs.append(f)
+        else:
+            rest.append(f)
+    return configs, rest
 
 
 # --------------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_cql_vs_dr3_cpu_and_gpu_runs():
         "--output-dir", "runs/study/cql_vs_dr3/cpu/lift_cog/dr3_s2", "--seed", "2", "--max-steps", "1500",
         "--batch-size", "64", "--model.encoder", "drq", "--log-every", "25", "--checkpoint-every", "500",
         "--eval-every", "500", "--eval-episodes", "20", "--eval-workers", "2", "--resume", "auto",
-        "--algo.bc_warmup_steps", "150", "--dr3-coef", "0.01"]
+        "--algo.bc_warmup_steps", "150", "--dr3-coef", "0.01", "--dr3.features", "encoder"]
     m = by_name(runs)["lift_mixed/cql_s0"]
     assert m.train_args[:4] == ("--preset", "none", "--config", str(CFG / "cql_vs_dr3_mixed.yaml"))
     assert m.train_args[-2:] == ("--dr3-coef", "0") and "--algo.bc_warmup_steps" not in m.train_args
@@ -213,7 +213,7 @@ def test_sensitivity_recipe_scale_sweeps_c0_on_the_learning_recipe(monkeypatch):
 
     dr3_s1 = flags(study[0])
     sens = flags(runs[3])
-    assert sens[:len(dr3_s1)] == dr3_s1 and sens[len(dr3_s1):] == ["--dr3.features", "encoder"]
+    assert sens == dr3_s1
     cfg = parse_train_args(list(runs[3].train_args), configs_dir=CONFIGS_DIR)
     assert (cfg.dr3.coef, cfg.dr3.features, cfg.model.actor_encoder, cfg.algo.bc_warmup_steps, cfg.seed) == \
         (0.1, "encoder", "separate_bc", 500, 1)
@@ -528,3 +528,21 @@ def test_index_page_has_each_reports_table_and_its_differences(tmp_path):
     # 17/20 against 5/20: +0.600, every seed up
     assert "| C2 - C1 | +0.600 [+" in index and "(+7/+5) **higher** |" in index
     assert "## Differences in success" in (tmp_path / "rep" / "lift_mixed" / "index.md").read_text()
+
+
+def test_a_config_in_train_args_layers_under_the_condition_flags(monkeypatch):
+    """--train-args "--config td" (the TD recipe sets DR3 on the penultimate layer): each condition still means
+    what its flags say, dr3 the encoder form and dr3_pen the penultimate one; other --train-args flags still win."""
+    from visual_dr3.app.cli_args import parse_train_args
+
+    monkeypatch.delenv("VISUAL_DR3_PRESET", raising=False)
+    _, runs = plan(cql_vs_dr3, "--scale", "recipe", "--kinds", "mixed", "--seeds", "1", "--conditions", "cql", "dr3",
+                   "dr3_pen", "dr3_pen_kl", "--train-args", "--config td --algo.awr_beta 0.3")
+    got = {r.condition: parse_train_args(list(r.train_args), configs_dir=CONFIGS_DIR) for r in runs}
+    assert {c: (cfg.algo.backup, cfg.dr3.coef, cfg.dr3.features, cfg.kl.coef, cfg.algo.awr_beta)
+            for c, cfg in got.items()} == {
+        "cql": ("td", 0.0, "penultimate", 0.0, 0.3), "dr3": ("td", 0.01, "encoder", 0.0, 0.3),
+        "dr3_pen": ("td", 0.01, "penultimate", 0.0, 0.3), "dr3_pen_kl": ("td", 0.01, "penultimate", 1.0, 0.3)}
+    from experiments.plan import split_configs
+    assert split_configs(["--config", "a", "--x", "1", "--config=b"]) == (["--config", "a", "--config=b"],
+                                                                          ["--x", "1"])
