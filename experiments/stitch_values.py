@@ -14,7 +14,8 @@ initial states, where the behaviour splits):
 - ``Q(s,pi)``: at the policy's mean action (the action the policy is evaluated with);
 - ``|pi-a|``: the distance between the policy's mean action and the data's (which mode the policy copies).
 
-``--json`` also writes the table as JSON. The masks default to the ``stitch`` kind's.
+``--json`` also writes the table as JSON. The masks default to the ``stitch`` kind's; ``all`` is the whole file
+(``--masks all`` reads any file, e.g. whether a critic sits above the return on expert data).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint (.ckpt) with a critic")
     p.add_argument("--dataset", required=True, help="the stitching HDF5 file (with the masks below)")
-    p.add_argument("--masks", nargs="+", default=list(MASKS), help=f"masks to compare (default {' '.join(MASKS)})")
+    p.add_argument("--masks", nargs="+", default=list(MASKS), help=f"masks to compare, 'all' for the whole file (default {' '.join(MASKS)})")
     p.add_argument("--early", type=int, default=10, help="the first this many steps of each episode (default 10)")
     p.add_argument("--json", default=None, help="also write the table here as JSON")
     return p
@@ -110,7 +111,7 @@ def run(args) -> dict:
     cfg = module.cfg
     rows = {}
     for mask in args.masks:
-        replay = load_replay(SourceSpec(path=args.dataset, filter_key=mask), h["image_keys"], h["proprio_keys"],
+        replay = load_replay(SourceSpec(path=args.dataset, filter_key=None if mask == "all" else mask), h["image_keys"], h["proprio_keys"],
                              expect_image_size=h["image_size"], n_step=1, discount=cfg.algo.discount,
                              reward_scale=cfg.algo.reward_scale, reward_bias=cfg.algo.reward_bias, progress=False)
         if len(module.learned_dims) != replay.action_dim:

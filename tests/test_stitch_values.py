@@ -51,6 +51,9 @@ def test_stitch_values_reads_every_mode_of_a_trained_checkpoint(tmp_path):
             assert all(np.isfinite(v) for part in ("all", "early") for v in row[part].values())
     assert rows["release"]["all"]["mc"] == rows["decoy"]["all"]["mc"] == 0.0  # prior data never sees reward
     assert rows["task"]["all"]["mc"] > 0 and rows["task"]["early"]["mc"] > 0
+    whole = sv.run(sv.build_parser().parse_args(["--checkpoint", str(out / "checkpoints" / "last.ckpt"),
+                                                 "--dataset", str(data), "--masks", "all"]))
+    assert whole["all"]["n"] == sum(r["n"] for r in rows.values())
 
 
 def test_stitch_values_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
