@@ -268,3 +268,26 @@ def test_td_target_value_penalty_is_subtracted_from_v_only_where_it_bootstraps()
                                    value_penalty=None), base)
     with pytest.raises(ValueError, match="value_penalty"):
         L.td_target(t([1.0, 3.0]), t([2.0, 0.5]), t([0.5, 1.0]), t([0.0, 1.0]), 0.9, value_penalty=t([1.0]))
+
+
+def test_awr_weights_by_hand_plain_and_batch_normalized():
+    """``awr_actor_loss``: w = min(exp(A / beta), max) and, normalized, min(exp(A / beta) / mean exp(A / beta), max)
+    (d3rlpy's AWAC form): numbers worked by hand; the weights are constants for the actor's gradient."""
+    q = torch.tensor([[1.0], [0.5], [0.0], [0.2]])
+    v = torch.tensor([[0.5], [0.5], [0.5], [0.2]])  # A = 0.5, 0, -0.5, 0
+    logp = torch.tensor([[-1.0], [-2.0], [-3.0], [-4.0]], requires_grad=True)
+    e = [math.exp(1.0), 1.0, math.exp(-1.0), 1.0]  # exp(A / 0.5)
+    loss, w = L.awr_actor_loss(logp, q, v, beta=0.5, max_weight=2.0)
+    assert w.flatten().tolist() == pytest.approx([2.0, 1.0, math.exp(-1.0), 1.0])  # e clipped at 2
+    assert loss.item() == pytest.approx(-(2.0 * -1 + 1.0 * -2 + math.exp(-1.0) * -3 + 1.0 * -4) / 4)
+    mean_e = sum(e) / 4
+    loss_n, w_n = L.awr_actor_loss(logp, q, v, beta=0.5, max_weight=2.0, normalize=True)
+    expected = [min(x / mean_e, 2.0) for x in e]  # e[0] / mean_e = 2.64..., clipped
+    assert expected[0] == 2.0 and expected[1] == pytest.approx(1 / mean_e)
+    assert w_n.flatten().tolist() == pytest.approx(expected)
+    assert loss_n.item() == pytest.approx(-sum(x * y for x, y in zip(expected, [-1, -2, -3, -4])) / 4)
+    loss_n.backward()
+    assert logp.grad.flatten().tolist() == pytest.approx([-x / 4 for x in expected])
+    # a shift of A by a constant changes nothing once normalized (only the ranking within the batch counts)
+    assert L.awr_actor_loss(logp, q + 7.0, v, 0.5, 2.0, normalize=True)[1].flatten().tolist() == pytest.approx(
+        w_n.flatten().tolist())

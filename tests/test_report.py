@@ -86,8 +86,18 @@ def wilson_by_hand(s, n):
 def test_grouping_by_differing_keys_and_forced_key(study):
     runs = [read_run(d) for d in study]
     assert differing_keys(runs) == ["algo.backup", "dr3.coef"]  # seed and output_dir are not conditions
-    del runs[1].flat["dr3.features"]  # a key an older config lacks does not make a condition
+    del runs[1].flat["dr3.features"]  # a key an older config lacks reads as today's default (encoder): no condition
     assert differing_keys(runs) == ["algo.backup", "dr3.coef"]
+    runs[1].flat["made.up"] = 1  # nor does a key with no default that only one config has
+    assert differing_keys(runs) == ["algo.backup", "dr3.coef"]
+    # an option newer than some runs, on (non-default) in the others: a condition, the older runs at its default
+    for r in runs[:2]:
+        r.flat["algo.awr_normalize"] = True
+    assert differing_keys(runs) == ["algo.awr_normalize", "algo.backup", "dr3.coef"]
+    labels = [c.label for c in group_runs(runs)]
+    assert labels[0].startswith("algo.awr_normalize=True") and labels[-1].startswith("algo.awr_normalize=False")
+    for r in runs[:2]:
+        del r.flat["algo.awr_normalize"]
     conds = group_runs(runs)
     assert [c.label for c in conds] == ["algo.backup=td, dr3.coef=0.01", "algo.backup=td, dr3.coef=0.0",
                                         "algo.backup=sarsa, dr3.coef=0.01"]

@@ -251,13 +251,13 @@ def test_sac_actor_and_temperature_losses_after_the_warmup_exact():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("bc_loss", ["mse", "nll"])
-def test_awr_actor_after_the_warmup_exact(bc_loss):
+@pytest.mark.parametrize("bc_loss,normalize", [("mse", False), ("nll", False), ("mse", True)])
+def test_awr_actor_after_the_warmup_exact(bc_loss, normalize):
     """The TD recipe's actor (``algo.actor_objective awr``): after the warm-up, the data's action imitated with the
     weight min(exp((min_i Q_i(s, a_data) - min_i Q_i(s, pi's mean)) / beta), max_weight); the weights are constants,
     so the actor's gradient is the weighted imitation's, and the critic's loss is the SAC run's, exactly."""
     over = {"algo.bc_warmup_steps": 5, "algo.awr_beta": 0.5, "algo.awr_max_weight": 1.5, "algo.bc_loss": bc_loss}
-    cfg = config(**over, **{"algo.actor_objective": "awr"})
+    cfg = config(**over, **{"algo.actor_objective": "awr", "algo.awr_normalize": normalize})
     batch = batch_with()
     nets = make_nets(cfg)
     nets = dataclasses.replace(nets, q=perturbed(nets.q, 0.3, seed=1))  # heads that cross: the min picks each
@@ -266,7 +266,8 @@ def test_awr_actor_after_the_warmup_exact(bc_loss):
         (q1, q2), (m1, m2) = nets.q(phi, batch.action), nets.q(phi, nets.actor.mode(phi))
         assert 0 < (q1 < q2).sum() < B and 0 < (m1 < m2).sum() < B
         adv = torch.min(q1, q2) - torch.min(m1, m2)
-        w = torch.exp(adv / 0.5).clamp(max=1.5)
+        w = torch.exp(adv / 0.5)
+        w = (w / w.mean() if normalize else w).clamp(max=1.5)  # normalized: the batch's mean weight is 1
     score = (nets.actor.log_prob(phi.detach(), batch.action) if bc_loss == "nll"
              else -(nets.actor.mode(phi.detach()) - batch.action).pow(2).sum(-1))
     expected = -(w * score).mean()

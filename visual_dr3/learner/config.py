@@ -171,6 +171,9 @@ class AlgoConfig:
     """Temperature of the ``awr`` weights (smaller: imitate only the best actions more sharply)."""
     awr_max_weight: float = 20.0
     """Upper clip of the ``awr`` weights (IQL uses 100)."""
+    awr_normalize: bool = False
+    """Divide the ``awr`` weights by their batch mean before the clip (d3rlpy's AWAC: softmax of A / beta over the
+    batch, times its size): the actor's step keeps the warm-up's size and A only reweights within the batch."""
     bc_weight: float = 0.0
     """After the warm-up, add ``bc_weight * -log pi(a_data|s)`` to the SAC actor loss (0: pure SAC)."""
     bc_filter: Optional[str] = None

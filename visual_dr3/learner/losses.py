@@ -247,18 +247,21 @@ def bc_actor_loss(log_prob_data: Tensor, logp: Tensor, alpha: Tensor | float) ->
 
 
 def awr_actor_loss(log_prob_data: Tensor, q_data: Tensor, v: Tensor, beta: float,
-                   max_weight: float) -> tuple[Tensor, Tensor]:
+                   max_weight: float, normalize: bool = False) -> tuple[Tensor, Tensor]:
     """Advantage-weighted regression of the actor on dataset actions (AWAC, CRR "exp", IQL's extraction)::
 
         A = q_data - v                       # detached: min_i Q_i(s, a_data) - V(s), e.g. min_i Q_i(s, pi's mean)
-        w = min(exp(A / beta), max_weight)
+        w = min(exp(A / beta), max_weight)   # normalize: min(B * softmax(A / beta), max_weight), mean 1 before the clip
         loss = -mean(w * log pi(a_data|s))
 
     The policy only ever imitates actions of the data, more so where the critic ranks them above its own.
     Returns ``(loss, w)``.
     """
     adv = (q_data - v).detach()
-    w = torch.exp(adv / beta).clamp(max=max_weight)
+    if normalize:  # exp(A / beta) / mean_batch exp(A / beta), computed without overflow (d3rlpy's AWAC)
+        w = (torch.softmax(adv.reshape(-1) / beta, dim=0) * adv.numel()).reshape(adv.shape).clamp(max=max_weight)
+    else:
+        w = torch.exp(adv / beta).clamp(max=max_weight)
     return -(w * log_prob_data).mean(), w
 
 

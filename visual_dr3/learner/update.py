@@ -290,7 +290,8 @@ def _actor_terms(nets: Nets, batch: Batch, cfg: TrainConfig, step: int, phi: Ten
             with torch.no_grad():  # V(s) ~ Q at the policy's mean action (its spread is not imitated with mse)
                 v = torch.min(*nets.q(phi.detach(), nets.actor.mode(actor_phi.detach())))
             actor_loss, awr_w = L.awr_actor_loss(imitation_score(nets.actor, actor_phi, batch.action, algo.bc_loss),
-                                                 torch.min(q1, q2), v, algo.awr_beta, algo.awr_max_weight)
+                                                 torch.min(q1, q2), v, algo.awr_beta, algo.awr_max_weight,
+                                                 algo.awr_normalize)
         else:
             qp1, qp2 = _frozen_q(nets.q, phi.detach(), a_pi)
             actor_loss = L.sac_actor_loss(torch.min(qp1, qp2), logp_pi, alpha)
