@@ -4,6 +4,7 @@ conditions with seeds as replicates. No torch, no matplotlib: numpy + PyYAML onl
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -182,22 +183,18 @@ def read_run(path: "str | Path") -> Run:
     return Run(path=path, config=config, flat=flatten(config), series=series, evals=evals, image_size=image_size)
 
 
+@functools.lru_cache(maxsize=1)
 def default_flat_config() -> dict[str, Any]:
-    """Today's ``TrainConfig`` defaults, flattened: what a run whose config predates an option ran with (options
-    are added off, so an older run behaves as the default)."""
-    from dataclasses import asdict
-
-    from visual_dr3.learner.config import TrainConfig
-    return flatten(asdict(TrainConfig()))
+    """Today's ``TrainConfig`` defaults, flattened (read-only): what a run whose config predates an option ran with
+    (options are added off, so an older run behaves as the default)."""
+    from visual_dr3.learner.config import TrainConfig, to_dict
+    return flatten(to_dict(TrainConfig()))
 
 
-def config_value(run: Run, key: str, defaults: Optional[dict[str, Any]] = None) -> Any:
+def config_value(run: Run, key: str) -> Any:
     """``key`` of ``run``'s flattened config; a key its config lacks reads as today's default (``<unset>`` when
     there is none)."""
-    if key in run.flat:
-        return run.flat[key]
-    defaults = default_flat_config() if defaults is None else defaults
-    return defaults.get(key, "<unset>")
+    return run.flat[key] if key in run.flat else default_flat_config().get(key, "<unset>")
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
@@ -205,12 +202,11 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     evaluation schedule: :data:`NON_CONDITION_KEYS`). A key that some configs lack (written by an older version)
     reads as today's default there; a key with no default counts only if the runs that have it disagree."""
     keys = sorted(set().union(*(r.flat.keys() for r in runs)))
-    defaults = default_flat_config()
     out = []
     for k in keys:
         if k in NON_CONDITION_KEYS:
             continue
-        vals = {fmt_value(config_value(r, k, defaults)) for r in runs if k in r.flat or k in defaults}
+        vals = {fmt_value(config_value(r, k)) for r in runs if k in r.flat or k in default_flat_config()}
         if len(vals) > 1:
             out.append(k)
     return out
@@ -227,9 +223,8 @@ def group_runs(runs: Sequence[Run], group_by: Optional[str] = None) -> list[Cond
     else:
         keys = differing_keys(runs)
     conds: dict[str, Condition] = {}
-    defaults = default_flat_config()
     for r in runs:
-        label = ", ".join(f"{k}={fmt_value(config_value(r, k, defaults))}" for k in keys) or "all runs"
+        label = ", ".join(f"{k}={fmt_value(config_value(r, k))}" for k in keys) or "all runs"
         conds.setdefault(label, Condition(label)).runs.append(r)
     return list(conds.values())
 
