@@ -96,6 +96,11 @@ def test_td_recipe_config_layers_over_the_cpu_preset(monkeypatch):
         (base.max_steps, base.algo.n_step, base.algo.bc_warmup_steps, base.dr3.coef, base.data.image_size)
     assert parse_train_args(["--task", "lift", "--config", "td", "--cql.min_q_weight", "0.3"],
                             configs_dir=CONFIGS).cql.min_q_weight == 0.3  # a flag beats the file
+    long = parse_train_args(["--task", "lift", "--config", "td", "--config", "experiments/td_lift_long"],
+                            configs_dir=CONFIGS)  # the expert-lift schedule: steps, warm-up and CQL weight only
+    assert (long.max_steps, long.algo.bc_warmup_steps, long.cql.min_q_weight) == (1500, 1000, 0.05)
+    assert (long.algo.backup, long.algo.actor_objective, long.dr3.features, long.data.image_size) == \
+        (cfg.algo.backup, cfg.algo.actor_objective, cfg.dr3.features, cfg.data.image_size)
 
 
 def test_config_takes_a_path_or_a_shipped_config_name(tmp_path, monkeypatch):
